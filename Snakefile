@@ -1,0 +1,26 @@
+# interlingua: cross-model latent communication, end to end.
+#   snakemake --cores all figures                          default study (params.yaml)
+#   snakemake --cores all figures --configfile config/smoke.yaml   tiny models, minutes
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: Path(workflow.basedir) / "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/tasks.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.figures.input,

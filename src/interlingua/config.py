@@ -1,0 +1,135 @@
+"""Load, validate and resolve the one config (params.yaml plus optional overrides).
+
+Validation fills the schema defaults, then checks what a schema cannot express
+(aliases referenced by the study exist, bridge layers were extracted), so every
+mistake is reported before any heavy work, with the key that is wrong.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(str(files("interlingua").joinpath("schemas/config.schema.yaml")))
+DATASETS_ENV = "INTERLINGUA_DATASETS"
+
+
+def _with_defaults(validator_class):
+    """A validator that also writes `default` values into the instance (as Snakemake's validate does)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path]
+    return "".join(parts).lstrip(".") or "<top level>"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Dicts merge recursively, everything else is replaced (Snakemake's --configfile semantics)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def load_config(*paths: str | Path, base_dir: str | Path | None = None) -> dict:
+    """Read and merge config files in order, then validate (see `validate_config`)."""
+    merged: dict = {}
+    for path in paths:
+        merged = deep_merge(merged, read_yaml(path))
+    return validate_config(merged, base_dir=base_dir or Path(paths[0]).resolve().parent)
+
+
+def validate_config(config: dict, base_dir: str | Path = ".") -> dict:
+    """Return a validated copy with defaults filled and paths resolved; raise ConfigError otherwise."""
+    config = copy.deepcopy(dict(config))
+    errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"config key '{_key_path(first)}': {first.message}{more}")
+    _check_references(config)
+    config["paths"]["datasets"] = str(resolve_datasets_dir(config, base_dir))
+    return config
+
+
+def resolve_datasets_dir(config: dict, base_dir: str | Path) -> Path:
+    mirror = os.environ.get(DATASETS_ENV) or config["paths"]["datasets"]
+    path = Path(mirror)
+    return path if path.is_absolute() else (Path(base_dir) / path).resolve()
+
+
+def _require(kind: str, name: str, known: dict, key: str) -> None:
+    if name not in known:
+        choices = ", ".join(sorted(known)) or "none defined"
+        raise ConfigError(f"config key '{key}': unknown {kind} '{name}' (known: {choices})")
+
+
+def _check_references(config: dict) -> None:
+    study = config["study"]
+    models, tasks, bridges = config["models"], config["tasks"], config["bridges"]
+    for i, task in enumerate(study["tasks"]):
+        _require("task", task, tasks, f"study.tasks[{i}]")
+    for i, pair in enumerate(study["pairs"]):
+        for role in ("sender", "receiver"):
+            _require("model alias", pair[role], models, f"study.pairs[{i}].{role}")
+    for i, name in enumerate(study["bridges"]):
+        _require("bridge", name, bridges, f"study.bridges[{i}]")
+    study.setdefault("zero_shot", sorted({m for p in study["pairs"] for m in (p["sender"], p["receiver"])}))
+    study.setdefault("prompt_tuning", sorted({p["receiver"] for p in study["pairs"]}))
+    for key in ("zero_shot", "prompt_tuning"):
+        for i, model in enumerate(study[key]):
+            _require("model alias", model, models, f"study.{key}[{i}]")
+    for name, task in tasks.items():
+        if len(task["verbalizers"]) != len(task["label_names"]):
+            raise ConfigError(
+                f"config key 'tasks.{name}.verbalizers': {len(task['verbalizers'])} verbalizers "
+                f"for {len(task['label_names'])} label_names"
+            )
+    layers = config["extract"]["layers"]
+    for name, bridge in bridges.items():
+        layer = bridge.get("source_layer", max(layers))
+        if layer not in layers:
+            raise ConfigError(
+                f"config key 'bridges.{name}.source_layer': layer {layer} is not extracted "
+                f"(extract.layers = {layers}); add it there"
+            )

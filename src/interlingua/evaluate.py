@@ -1,0 +1,122 @@
+"""Accuracy of a frozen receiver: from the text (zero-shot), from bridge soft tokens
+(plus shuffled-source and zero-source controls), and from a prompt-tuned soft prompt.
+
+Each evaluation writes tidy rows (one per run x metric) to a CSV under results/.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import zoo
+from .receiver import Receiver
+from .store import ActivationStore
+from .tasks import read_split
+from .train import load_bridge, make_prompt_embedding
+
+COLUMNS = ["task", "method", "variant", "sender", "receiver", "bridge", "seed", "metric", "value", "n", "fingerprint"]
+
+
+def derangement(n: int, seed: int) -> torch.Tensor:
+    """A seeded permutation with no fixed point: every example gets another example's states."""
+    if n < 2:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        if not (perm == torch.arange(n)).any():
+            return perm
+
+
+@torch.inference_mode()
+def predict(receiver: Receiver, prompts, n: int, batch_size: int, desc: str) -> torch.Tensor:
+    """Predicted class per example; prompts(rows) -> (embeds, mask)."""
+    predictions = []
+    for start in tqdm(range(0, n, batch_size), desc=desc, leave=False):
+        rows = list(range(start, min(n, start + batch_size)))
+        predictions.append(receiver.class_scores(*prompts(rows)).argmax(-1).cpu())
+    return torch.cat(predictions)
+
+
+def rows_for(base: dict, predictions: torch.Tensor, labels: torch.Tensor, seconds: float, variant="") -> list[dict]:
+    accuracy = (predictions == labels).float().mean().item()
+    common = dict(base, variant=variant, n=len(labels))
+    return [dict(common, metric="accuracy", value=accuracy),
+            dict(common, metric="seconds_per_example", value=seconds / len(labels))]
+
+
+def write_rows(rows: list[dict], out_path) -> Path:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    tmp = out_path.with_suffix(".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(out_path)
+    return out_path
+
+
+def _receiver(model_dir, task, device, dtype) -> Receiver:
+    return Receiver(zoo.load_model(model_dir, device, dtype), zoo.load_tokenizer(model_dir), task["verbalizers"])
+
+
+def evaluate_zero_shot(split_path, model_dir, out_path, *, task_name: str, task: dict, model_alias: str,
+                       batch_size: int, device, dtype) -> Path:
+    examples, meta = read_split(split_path)
+    receiver = _receiver(model_dir, task, device, dtype)
+    labels = torch.tensor([e["label"] for e in examples])
+    texts = [task["prompts"]["text"].format(text=e["text"]) for e in examples]
+    started = time.perf_counter()
+    predictions = predict(receiver, lambda rows: receiver.text_prompt([texts[r] for r in rows]), len(texts),
+                          batch_size, desc=f"zero-shot {model_alias}")
+    base = {"task": task_name, "method": "zero_shot", "sender": "", "receiver": model_alias, "bridge": "",
+            "seed": "", "fingerprint": zoo.read_manifest(model_dir)["fingerprint"] + ":" + meta["content_sha256"][:16]}
+    return write_rows(rows_for(base, predictions, labels, time.perf_counter() - started), out_path)
+
+
+def evaluate_bridge(store_path, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict, sender: str,
+                    receiver_alias: str, bridge_name: str, batch_size: int, device, dtype) -> Path:
+    """Bridge accuracy, and the same bridge fed another example's states or zeros (controls)."""
+    store = ActivationStore(store_path)
+    receiver = _receiver(receiver_dir, task, device, dtype)
+    bridge, payload = load_bridge(checkpoint, device)
+    layer, instruction = payload["config"]["source_layer"], task["prompts"]["instruction"]
+    labels = store.labels
+    sources = {"": torch.arange(len(store)), "shuffled_source": derangement(len(store), payload["seed"])}
+    base = {"task": task_name, "method": "bridge", "sender": sender, "receiver": receiver_alias,
+            "bridge": bridge_name, "seed": payload["seed"], "fingerprint": payload["fingerprint"]}
+    results = []
+    for variant in ("", "shuffled_source", "zero_source"):
+        source = sources.get(variant, sources[""])
+
+        def prompts(rows):
+            states, mask, _ = store.batch(source[rows].tolist(), layer, torch.float32, device)
+            if variant == "zero_source":
+                states = torch.zeros_like(states)
+            return receiver.soft_prompt(bridge(states, mask), instruction)
+
+        started = time.perf_counter()
+        predictions = predict(receiver, prompts, len(store), batch_size, desc=f"bridge {variant or 'eval'}")
+        results += rows_for(base, predictions, labels, time.perf_counter() - started, variant)
+    return write_rows(results, out_path)
+
+
+def evaluate_prompt_tuning(split_path, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict,
+                           receiver_alias: str, batch_size: int, device, dtype) -> Path:
+    examples, _ = read_split(split_path)
+    receiver = _receiver(receiver_dir, task, device, dtype)
+    payload = torch.load(checkpoint, map_location=device, weights_only=False)
+    prompt = make_prompt_embedding(receiver.model, payload["num_virtual_tokens"], payload["seed"])
+    prompt.load_state_dict(payload["state_dict"])
+    indices = torch.arange(payload["num_virtual_tokens"], device=receiver.device)
+    labels = torch.tensor([e["label"] for e in examples])
+    started = time.perf_counter()
+    predictions = predict(receiver, lambda rows: receiver.soft_prompt(
+        prompt(indices).unsqueeze(0).expand(len(rows), -1, -1), task["prompts"]["instruction"]),
+        len(examples), batch_size, desc="prompt tuning eval")
+    base = {"task": task_name, "method": "prompt_tuning", "sender": "", "receiver": receiver_alias, "bridge": "",
+            "seed": payload["seed"], "fingerprint": payload["fingerprint"]}
+    return write_rows(rows_for(base, predictions, labels, time.perf_counter() - started), out_path)

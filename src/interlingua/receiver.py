@@ -1,0 +1,109 @@
+"""A frozen receiver that reads soft tokens (or text) and scores label verbalizers.
+
+Inputs are built as embeddings, left-padded, with explicit position ids, so the same
+code serves soft tokens (fixed length) and text prompts (ragged). Soft-token layout:
+    [tokenizer prefix, e.g. <bos>] [instruction before {soft_tokens}] [M soft tokens] [rest of instruction]
+The receiver never sees the input text on the soft-token path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SOFT = "{soft_tokens}"
+
+
+def embedding_rms(model, sample: int = 4096, seed: int = 0) -> float:
+    """RMS of the receiver's input embeddings as the model itself produces them (Gemma scales by sqrt(d))."""
+    embed = model.get_input_embeddings()
+    vocab = embed.weight.shape[0]
+    ids = torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))[:sample]
+    with torch.no_grad():
+        vectors = embed(ids.to(embed.weight.device)).float()
+    return vectors.pow(2).mean(-1).sqrt().mean().item()
+
+
+class Receiver:
+    def __init__(self, model, tokenizer, verbalizers: list[str]):
+        self.model, self.tokenizer = model, tokenizer
+        self.embed = model.get_input_embeddings()
+        self.device = self.embed.weight.device
+        self.prefix_ids = tokenizer("", add_special_tokens=True)["input_ids"]  # e.g. [<bos>] or []
+        self.verbalizer_ids = [tokenizer(v, add_special_tokens=False)["input_ids"] for v in verbalizers]
+        firsts = [ids[0] for ids in self.verbalizer_ids]
+        # One forward pass scores all classes when their first tokens differ.
+        self.first_token_scoring = len(set(firsts)) == len(firsts)
+
+    def ids_embeds(self, ids: list[int]) -> torch.Tensor:
+        return self.embed(torch.tensor(ids, dtype=torch.long, device=self.device))  # (T, d)
+
+    def soft_prompt(self, soft: torch.Tensor, instruction: str):
+        """Embeds (B, P, d) and mask (B, P) for soft tokens (B, M, d) inside the instruction."""
+        before, _, after = instruction.partition(SOFT) if SOFT in instruction else ("", "", instruction)
+        head = self.ids_embeds(self.prefix_ids + self.tokenizer(before, add_special_tokens=False)["input_ids"])
+        tail = self.ids_embeds(self.tokenizer(after, add_special_tokens=False)["input_ids"])
+        batch = soft.shape[0]
+        embeds = torch.cat([head.expand(batch, -1, -1), soft.to(head.dtype), tail.expand(batch, -1, -1)], dim=1)
+        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
+
+    def text_prompt(self, texts: list[str]):
+        """Left-padded embeds (B, P, d) and mask (B, P) for plain text prompts."""
+        ids = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        return self._left_pad([self.ids_embeds(row) for row in ids])
+
+    def _left_pad(self, rows: list[torch.Tensor]):
+        longest = max(len(r) for r in rows)
+        embeds = rows[0].new_zeros(len(rows), longest, rows[0].shape[-1])
+        mask = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            embeds[i, longest - len(row):] = row
+            mask[i, longest - len(row):] = 1
+        return embeds, mask
+
+    def _logits(self, embeds, mask, keep: int):
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                         use_cache=False, logits_to_keep=keep)
+        return out.logits.float()  # (B, keep, V)
+
+    def _with_targets(self, embeds, mask, targets: list[list[int]]):
+        """Append right-padded target tokens; returns embeds, mask, target ids (B, L) and valid (B, L)."""
+        longest = max(len(t) for t in targets)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([t + [pad] * (longest - len(t)) for t in targets], device=self.device)
+        valid = torch.tensor([[1] * len(t) + [0] * (longest - len(t)) for t in targets], device=self.device)
+        return torch.cat([embeds, self.embed(ids).to(embeds.dtype)], 1), torch.cat([mask, valid], 1), ids, valid
+
+    def target_logprobs(self, embeds, mask, targets: list[list[int]]):
+        """Per-token log-probs (B, L) of target continuations and their validity mask (B, L)."""
+        full, full_mask, ids, valid = self._with_targets(embeds, mask, targets)
+        logits = self._logits(full, full_mask, keep=ids.shape[1] + 1)[:, :-1]  # position t predicts token t+1
+        logprobs = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        return logprobs, valid
+
+    def label_loss(self, embeds, mask, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the gold verbalizer's tokens (mean over tokens)."""
+        logprobs, valid = self.target_logprobs(embeds, mask, [self.verbalizer_ids[int(y)] for y in labels])
+        return -(logprobs * valid).sum() / valid.sum()
+
+    def class_scores(self, embeds, mask) -> torch.Tensor:
+        """(B, C) scores: first-token log-probs when they are distinct, else summed sequence log-probs."""
+        if self.first_token_scoring:
+            logits = self._logits(embeds, mask, keep=1)[:, -1]
+            firsts = torch.tensor([ids[0] for ids in self.verbalizer_ids], device=self.device)
+            return logits.log_softmax(-1)[:, firsts]
+        scores = []
+        for ids in self.verbalizer_ids:
+            logprobs, valid = self.target_logprobs(embeds, mask, [ids] * embeds.shape[0])
+            scores.append((logprobs * valid).sum(-1))
+        return torch.stack(scores, dim=-1)
+
+
+def diversity_penalty(soft: torch.Tensor) -> torch.Tensor:
+    """Mean off-diagonal cosine similarity between examples' soft tokens: penalises collapse to one prompt."""
+    flat = F.normalize(soft.flatten(1).float(), dim=-1)  # (B, M*d)
+    batch = flat.shape[0]
+    if batch < 2:
+        return soft.new_zeros(())
+    similarity = flat @ flat.T                               # (B, B)
+    return (similarity.sum() - similarity.diagonal().sum()) / (batch * (batch - 1))

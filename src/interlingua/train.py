@@ -1,0 +1,155 @@
+"""Train soft-token producers against a frozen receiver, from cached sender states.
+
+Two producers share one loop: a bridge (sender states from the store -> M soft tokens)
+and prompt tuning (peft's PromptEmbedding: M learned tokens, no sender, no input).
+The sender is never loaded here: the bridge reads the activation store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from peft import PromptEmbedding, PromptTuningConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import zoo
+from .bridges import bridge_config, build_bridge
+from .errors import DataError
+from .fingerprint import fingerprint
+from .receiver import Receiver, diversity_penalty, embedding_rms
+from .runtime import seed_everything
+from .store import ActivationStore
+from .tasks import read_split
+
+
+def batches(n_rows: int, batch_size: int, steps: int, generator: torch.Generator):
+    """`steps` batches of row indices, walking seeded permutations epoch after epoch."""
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(n_rows, generator=generator)])
+        yield order[:batch_size].tolist()
+        order = order[batch_size:]
+
+
+def lr_lambda(warmup: int, steps: int):
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    return schedule
+
+
+def fit(module: nn.Module, soft_tokens, labels: torch.Tensor, receiver: Receiver, instruction: str,
+        train: dict, lr: float, seed: int, diversity_weight: float, desc: str) -> list[dict]:
+    """Optimise `module` so the receiver predicts labels; soft_tokens(rows) -> (B, M, d_r)."""
+    generator = seed_everything(seed)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=train["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train["warmup_steps"], train["steps"]))
+    log = []
+    module.train()
+    bar = tqdm(batches(len(labels), train["batch_size"], train["steps"], generator), total=train["steps"], desc=desc)
+    for step, rows in enumerate(bar):
+        soft = soft_tokens(rows)                                     # (B, M, d_r)
+        embeds, mask = receiver.soft_prompt(soft, instruction)       # (B, P, d_r)
+        ce = receiver.label_loss(embeds, mask, labels[rows])
+        diversity = diversity_penalty(soft)
+        loss = ce + diversity_weight * diversity
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), train["grad_clip"])
+        optimizer.step()
+        scheduler.step()
+        record = {"step": step + 1, "loss": loss.item(), "ce": ce.item(), "diversity": diversity.item()}
+        log.append(record)
+        if step % 10 == 0:
+            bar.set_postfix(ce=f"{record['ce']:.3f}", div=f"{record['diversity']:.2f}")
+    module.eval()
+    return log
+
+
+def _save(path: Path, payload: dict, log: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    path.with_suffix(".log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+
+
+def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge_spec: dict, task: dict,
+                 train: dict, seed: int, device, dtype) -> Path:
+    store = ActivationStore(store_path)
+    model = zoo.load_model(receiver_dir, device, dtype)
+    receiver = Receiver(model, zoo.load_tokenizer(receiver_dir), task["verbalizers"])
+    config = bridge_config(bridge_name, bridge_spec, store.hidden_size, model.get_input_embeddings().embedding_dim)
+    if config.source_layer not in store.layers:
+        raise DataError(f"{store_path}: layer {config.source_layer} not stored (has {store.layers})")
+    torch.manual_seed(seed)
+    bridge = build_bridge(bridge_spec["type"], config).to(device)
+    bridge.calibrate(embedding_rms(model))
+
+    def soft_tokens(rows):
+        states, mask, _ = store.batch(rows, config.source_layer, torch.float32, device)
+        return bridge(states, mask)
+
+    started = time.perf_counter()
+    log = fit(bridge, soft_tokens, store.labels, receiver, task["prompts"]["instruction"], train, train["lr"],
+              seed, train["diversity_weight"], desc=f"train {bridge_name}")
+    payload = {"kind": "bridge", "type": bridge_spec["type"], "config": dataclasses.asdict(config),
+               "state_dict": bridge.state_dict(), "store_fingerprint": store.manifest["fingerprint"],
+               "receiver": zoo.read_manifest(receiver_dir)["fingerprint"], "seed": seed,
+               "seconds": time.perf_counter() - started,
+               "fingerprint": fingerprint({"store": store.manifest["fingerprint"], "bridge": bridge_spec,
+                                           "train": train, "seed": seed, "task": task["prompts"],
+                                           "receiver": zoo.read_manifest(receiver_dir)["fingerprint"]})}
+    _save(Path(out_path), payload, log)
+    return Path(out_path)
+
+
+def load_bridge(path, device):
+    payload = torch.load(path, map_location=device, weights_only=False)
+    from .bridges import REGISTRY
+    config_class, module_class = REGISTRY[payload["type"]]
+    bridge = module_class(config_class(**payload["config"])).to(device)
+    bridge.load_state_dict(payload["state_dict"])
+    return bridge.eval(), payload
+
+
+def make_prompt_embedding(model, num_virtual_tokens: int, seed: int) -> PromptEmbedding:
+    """peft's prompt-tuning module, initialised from sampled vocabulary embeddings."""
+    torch.manual_seed(seed)
+    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
+                                token_dim=model.get_input_embeddings().embedding_dim,
+                                num_transformer_submodules=1, prompt_tuning_init="SAMPLE_VOCAB")
+    return PromptEmbedding(config, model.get_input_embeddings()).to(model.get_input_embeddings().weight.device)
+
+
+def train_prompt_tuning(split_path, receiver_dir, out_path, *, task: dict, train: dict, prompt_tuning: dict,
+                        seed: int, device, dtype) -> Path:
+    """Prompt tuning on the receiver alone: the learned tokens sit where the bridge's soft tokens go."""
+    rows, meta = read_split(split_path)
+    labels = torch.tensor([row["label"] for row in rows])
+    model = zoo.load_model(receiver_dir, device, dtype)
+    receiver = Receiver(model, zoo.load_tokenizer(receiver_dir), task["verbalizers"])
+    prompt = make_prompt_embedding(model, prompt_tuning["num_virtual_tokens"], seed)
+    indices = torch.arange(prompt_tuning["num_virtual_tokens"], device=receiver.device)
+
+    def soft_tokens(batch_rows):
+        return prompt(indices).unsqueeze(0).expand(len(batch_rows), -1, -1)
+
+    started = time.perf_counter()
+    log = fit(prompt, soft_tokens, labels, receiver, task["prompts"]["instruction"], train, prompt_tuning["lr"],
+              seed, 0.0, desc="prompt tuning")
+    payload = {"kind": "prompt_tuning", "num_virtual_tokens": prompt_tuning["num_virtual_tokens"],
+               "state_dict": prompt.state_dict(), "seed": seed, "seconds": time.perf_counter() - started,
+               "fingerprint": fingerprint({"task": meta["content_sha256"], "prompts": task["prompts"],
+                                           "train": train, "prompt_tuning": prompt_tuning, "seed": seed,
+                                           "receiver": zoo.read_manifest(receiver_dir)["fingerprint"]})}
+    _save(Path(out_path), payload, log)
+    return Path(out_path)
