@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random models (no downloads) and tiny task files, as litgpt's tests do."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from interlingua import zoo
+from interlingua.tiny import TINY_GEMMA3, TINY_LLAMA
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = ["a great and moving film", "dull , boring and bad", "wonderful acting", "an awful mess",
+             "clever story and charming", "the jokes fall flat", "heartfelt comedy", "badly written picture"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Materialized tiny sender (Llama, byte tokenizer) and receiver (Gemma-3, BPE tokenizer)."""
+    root = tmp_path_factory.mktemp("models")
+    specs = {"sender": {"random": TINY_LLAMA, "tokenizer": "bytes", "storage_dtype": "float32"},
+             "receiver": {"random": TINY_GEMMA3, "tokenizer": "bpe", "storage_dtype": "float32"}}
+    return {name: zoo.materialize(name, spec, root / name) for name, spec in specs.items()}
+
+
+@pytest.fixture
+def sst2_like_task() -> dict:
+    return {"mirror": "toy/{split}.jsonl", "splits": {"train": "train", "eval": "validation"},
+            "subsample": {"train": None, "eval": None}, "subsample_seed": 0, "text_field": "text",
+            "label_field": "label", "label_names": ["negative", "positive"],
+            "verbalizers": [" negative", " positive"],
+            "prompts": {"text": "Review: {text}\nSentiment:", "sender": "Review: {text}",
+                        "instruction": "Review:{soft_tokens}\nSentiment:"}}
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def toy_mirror(tmp_path) -> Path:
+    """A datasets mirror with a toy two-class task."""
+    rows = [{"text": s, "label": i % 2} for i, s in enumerate(SENTENCES)]
+    write_jsonl(tmp_path / "mirror/toy/train.jsonl", rows * 2)
+    write_jsonl(tmp_path / "mirror/toy/validation.jsonl", rows)
+    return tmp_path / "mirror"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,95 @@
+"""The whole DAG on the smoke config, in a temporary directory, through the real snakemake CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path, *args: str) -> set[str]:
+    out = snakemake(workdir, "-n", *args, "--quiet", "rules").stdout
+    return {line.split()[0] for line in out.splitlines()
+            if line and line.split()[0].isidentifier() and line.split()[-1].isdigit() and line.split()[0] != "total"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("smoke")
+    snakemake(workdir, "figures", "--configfile", str(REPO / "config/smoke.yaml"))
+    return workdir
+
+
+def test_smoke_dag_writes_table_and_figure(smoke_run):
+    for name in ("figures/table_main.md", "figures/table_main.tex", "figures/fig_bridge_vs_baselines.png"):
+        assert (smoke_run / name).stat().st_size > 0, name
+    results = pd.read_csv(smoke_run / "results/results.csv", keep_default_na=False)
+    accuracy = results[results.metric == "accuracy"]
+    assert set(accuracy.method) == {"zero_shot", "prompt_tuning", "bridge"}
+    assert set(accuracy.variant) == {"", "shuffled_source", "zero_source"}
+    assert accuracy.value.between(0, 1).all() and (accuracy.n == 32).all()
+    assert accuracy.fingerprint.str.len().min() > 8
+    table = (smoke_run / "figures/table_main.md").read_text()
+    assert "bridge tiny_llama -> tiny_gemma3 (perceiver)" in table and "shuffled-source control" in table
+    stores = list((smoke_run / "data/activations/tiny_llama/sst2").glob("*.zarr"))
+    assert sorted(p.name for p in stores) == ["train.zarr", "validation.zarr"]
+
+
+def test_second_run_has_nothing_to_do(smoke_run):
+    out = snakemake(smoke_run, "-n", "figures", "--configfile", str(REPO / "config/smoke.yaml"))
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_bridge_hyperparameter_reruns_training_not_extraction(smoke_run, tmp_path):
+    override = tmp_path / "wider.yaml"
+    override.write_text(yaml.safe_dump({"bridges": {"perceiver": {"dim": 16}}}))
+    jobs = planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml"), str(override))
+    assert {"train_bridge", "eval_bridge", "collect_results"} <= jobs
+    assert not jobs & {"extract", "materialize_model", "materialize_task", "eval_zero_shot", "train_prompt_tuning"}
+
+
+def test_layer_change_reruns_extraction(smoke_run, tmp_path):
+    override = tmp_path / "layer.yaml"
+    override.write_text(yaml.safe_dump({"extract": {"layers": [1]}, "bridges": {"perceiver": {"source_layer": 1}}}))
+    jobs = planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml"), str(override))
+    assert {"extract", "train_bridge"} <= jobs and "materialize_model" not in jobs
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    override = tmp_path / "bad.yaml"
+    override.write_text(yaml.safe_dump({"study": {"pairs": [{"sender": "tiny_llama", "receiver": "nobody"}]}}))
+    result = snakemake(tmp_path, "figures", "--configfile", str(REPO / "config/smoke.yaml"), str(override),
+                       check=False)
+    assert result.returncode != 0
+    assert "config key 'study.pairs[0].receiver': unknown model alias 'nobody'" in result.stdout + result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_bad_data_stops_before_models_are_built(tmp_path):
+    mirror = tmp_path / "mirror/sst2"
+    mirror.mkdir(parents=True)
+    (mirror / "train.jsonl").write_text('{"text": "fine", "label": 0}\n{"text": "odd", "label": 5}\n')
+    (mirror / "validation.jsonl").write_text('{"text": "fine", "label": 0}\n')
+    result = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", "figures", "--configfile",
+         str(REPO / "config/smoke.yaml")], capture_output=True, text=True,
+        env={**__import__("os").environ, "INTERLINGUA_DATASETS": str(tmp_path / "mirror")})
+    assert result.returncode != 0
+    log = (tmp_path / "logs/materialize_task/sst2/train.log").read_text()
+    assert "train.jsonl:2: label 5 is outside the label list" in log
+    assert not (tmp_path / "data/models").exists() or not any((tmp_path / "data/models").iterdir())
