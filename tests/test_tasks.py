@@ -55,3 +55,21 @@ def test_missing_field(sst2_like_task, toy_mirror, tmp_path):
     write_jsonl(toy_mirror / "toy/validation.jsonl", [{"sentence": "x", "label": 0}])
     with pytest.raises(DataError, match="validation.jsonl:1: missing field 'text'"):
         materialize_split("toy", sst2_like_task, toy_mirror, "eval", tmp_path / "v.jsonl")
+
+
+def test_hub_fallback_renames_fields_and_reports_both_failures(sst2_like_task, tmp_path, monkeypatch):
+    import datasets
+
+    task = dict(sst2_like_task, hub_id="someone/toy", hub_fields={"text": "sentence"})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [{"sentence": "nice", "label": 1}])
+    meta = materialize_split("toy", task, tmp_path, "eval", tmp_path / "v.jsonl")
+    assert meta["origin"] == "hub:someone/toy"
+    assert read_split(tmp_path / "v.jsonl")[0] == [{"index": 0, "text": "nice", "label": 1}]
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"dataset file not found: .*validation.jsonl, and the fallback hub "
+                                        r"dataset 'someone/toy' split 'validation' could not be loaded: no network"):
+        materialize_split("toy", task, tmp_path, "eval", tmp_path / "v.jsonl")

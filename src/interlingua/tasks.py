@@ -36,15 +36,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_hub(task: dict, role: str) -> list[dict]:
+def _read_hub(task: dict, role: str, missing: Path) -> list[dict]:
     import datasets
 
     split = task["splits"][role]
     try:
         data = datasets.load_dataset(task["hub_id"], task.get("hub_config"), split=split)
     except Exception as exc:  # offline, unknown id, unknown split ...
-        raise DataError(f"could not load hub dataset '{task['hub_id']}' split '{split}': {exc}") from None
-    return [dict(row) for row in data]
+        raise DataError(f"dataset file not found: {missing}, and the fallback hub dataset "
+                        f"'{task['hub_id']}' split '{split}' could not be loaded: {exc}") from None
+    # Hub copies may name fields differently from the mirror (SST-2: sentence vs text).
+    renames = {hub: ours for ours, hub in task.get("hub_fields", {}).items()}
+    return [{renames.get(k, k): v for k, v in row.items()} for row in data]
 
 
 def load_rows(name: str, task: dict, datasets_dir: str | Path, role: str) -> tuple[list[dict], str]:
@@ -53,7 +56,7 @@ def load_rows(name: str, task: dict, datasets_dir: str | Path, role: str) -> tup
     if path.exists():
         rows, origin = read_jsonl(path), str(path)
     elif task.get("hub_id"):
-        rows, origin = _read_hub(task, role), f"hub:{task['hub_id']}"
+        rows, origin = _read_hub(task, role, path), f"hub:{task['hub_id']}"
     else:
         raise DataError(
             f"task '{name}': dataset file not found: {path} (set paths.datasets or "

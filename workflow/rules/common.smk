@@ -1,9 +1,12 @@
 # Config validation, target lists and wildcard constraints. Logic lives in src/interlingua.
+import functools
+from pathlib import Path
 import json
 import sys
 
 from interlingua.config import validate_config
 from interlingua.errors import InterlinguaError
+from interlingua.fingerprint import file_sha256
 from interlingua.tasks import mirror_path, prompt_spec
 
 
@@ -48,9 +51,17 @@ def task_role(wildcards):
 
 def task_source_spec(task, role):
     """Only what decides a split's rows: prompt edits must not re-materialize (and re-extract)."""
-    keep = ("mirror", "hub_id", "hub_config", "text_field", "label_field", "label_names", "subsample_seed")
+    keep = ("mirror", "hub_id", "hub_config", "hub_fields", "text_field", "label_field", "label_names", "subsample_seed")
     source = {key: task[key] for key in keep if key in task}
-    return dict(source, splits={role: task["splits"][role]}, subsample={role: task["subsample"][role]})
+    source_file = mirror_path(task, config["paths"]["datasets"], role)
+    return dict(source, splits={role: task["splits"][role]}, subsample={role: task["subsample"][role]},
+                source_sha256=source_sha256(str(source_file)))
+
+
+@functools.cache
+def source_sha256(path):
+    """Content of a mirror file, so an edited dataset reruns its task (timestamps are not triggers)."""
+    return file_sha256(path) if Path(path).exists() else None
 
 
 def split_name(task, role):
