@@ -1,22 +1,29 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from interlingua.errors import DataError
-from interlingua.store import ActivationStore, StoreWriter, from_storage, read_manifest, to_storage
+from interlingua.store import (ActivationStore, StoreWriter, export_hdf5, from_storage, import_hdf5, read_manifest,
+                               summary, to_storage, verify, writer_lock)
 
 
-def write_store(path, lengths, d=8, layers=(1, 3), dtype="bfloat16", shard_tokens=64, chunk_tokens=16):
-    writer = StoreWriter(path, d, list(layers), dtype, shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)
+def write_store(path, lengths, d=8, layers=(1, 3), dtype="bfloat16", shard_tokens=64, chunk_tokens=16, stop_after=None):
+    arrays = {"token_ids": ((), "int32"), **{f"hidden/layer_{l}": ((d,), dtype) for l in layers}}
+    writer = StoreWriter(path, key="test", lengths=lengths, labels=[i % 3 for i in range(len(lengths))],
+                         example_index=[100 + i for i in range(len(lengths))], arrays=arrays,
+                         shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)
+    generator = torch.Generator().manual_seed(0)
     rows = []
     for i, length in enumerate(lengths):
-        hidden = {l: torch.randn(length, d) * 10 ** (i % 4) for l in layers}
-        ids = np.arange(length) + i
-        writer.add(ids, hidden, label=i % 3, example_index=100 + i)
-        rows.append((ids, hidden))
-    writer.finish({"layers": list(layers), "hidden_size": d, "fingerprint": "test"})
+        values = {"token_ids": np.arange(length, dtype=np.int32) + i,
+                  **{f"hidden/layer_{l}": torch.randn(length, d, generator=generator) * 10 ** (i % 4) for l in layers}}
+        rows.append(values)
+        if i >= writer.first_row_to_compute:
+            writer.add(i, values)
+        if stop_after is not None and i == stop_after:
+            return rows  # as if killed here: only whole flushed shards are durable
+    writer.finish({"layers": list(layers), "hidden_size": d, "fingerprint": "test", "model": "m", "task": "t",
+                   "split": "s", "storage_dtype": dtype})
     return rows
 
 
@@ -36,12 +43,12 @@ def test_ragged_rows_round_trip_across_shards(tmp_path, dtype):
     assert store.offsets.tolist() == np.concatenate([[0], np.cumsum(lengths)]).tolist()
     assert store.example_index.tolist() == [100 + i for i in range(len(lengths))]
     assert store.manifest["arrays"]["hidden/layer_3"]["logical_dtype"] == dtype
-    for r, (ids, hidden) in enumerate(rows):
-        assert store.row_tokens(r).tolist() == ids.tolist()
+    for r, values in enumerate(rows):
+        assert store.row_tokens(r).tolist() == values["token_ids"].tolist()
         for layer in (1, 3):
             got = store.row_hidden(r, layer)
             assert got.dtype == getattr(torch, dtype)
-            assert torch.equal(got, hidden[layer].to(getattr(torch, dtype)))
+            assert torch.equal(got, values[f"hidden/layer_{layer}"].to(getattr(torch, dtype)))
 
 
 def test_padded_batch_and_mask(tmp_path):
@@ -56,16 +63,60 @@ def test_padded_batch_and_mask(tmp_path):
 
 def test_store_is_a_handful_of_files(tmp_path):
     write_store(tmp_path / "s.zarr", [50] * 40, shard_tokens=1024, chunk_tokens=64)  # 2,000 tokens
-    files = [p for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()]
-    assert len(files) <= 16, files
+    info = summary(tmp_path / "s.zarr")
+    assert info["files"] <= 24  # 6 arrays: metadata + 2 shards each; not one file per chunk
 
 
-def test_incomplete_store_is_not_readable(tmp_path):
-    writer = StoreWriter(tmp_path / "s.zarr", 4, [1], shard_tokens=64, chunk_tokens=16)
-    writer.add(np.arange(3), {1: torch.randn(3, 4)}, 0, 0)
-    assert not (tmp_path / "s.zarr").exists()  # only the .partial exists until finish()
+def test_interrupted_write_resumes_to_an_identical_store(tmp_path):
+    lengths = [7, 30, 12, 50, 3, 41, 22, 9, 60, 5]
+    write_store(tmp_path / "full.zarr", lengths)
+    write_store(tmp_path / "resumed.zarr", lengths, stop_after=6)           # killed mid-way
+    assert not (tmp_path / "resumed.zarr").exists()                            # never visible half-written
     with pytest.raises(DataError, match="interrupted write"):
-        read_manifest(tmp_path / "s.zarr")
+        read_manifest(tmp_path / "resumed.zarr")
+    write_store(tmp_path / "resumed.zarr", lengths)                            # the rerun
+    full, resumed = ActivationStore(tmp_path / "full.zarr"), ActivationStore(tmp_path / "resumed.zarr")
+    for key in ("token_ids", "hidden/layer_1", "hidden/layer_3", "offsets", "labels", "example_index"):
+        assert np.array_equal(full.group[key][:], resumed.group[key][:]), key
+    assert full.manifest["checksums"] == resumed.manifest["checksums"]
+
+
+def test_flipped_byte_and_truncation_are_detected(tmp_path):
+    write_store(tmp_path / "s.zarr", [40, 40, 40])
+    assert verify(tmp_path / "s.zarr") == []
+    shard = next((tmp_path / "s.zarr/hidden/layer_3/c").rglob("*"))
+    while shard.is_dir():
+        shard = next(shard.iterdir())
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    problems = verify(tmp_path / "s.zarr")
+    assert len(problems) == 1 and "array 'hidden/layer_3'" in problems[0] and "checksum" in problems[0]
+    with pytest.raises(DataError, match="fails its integrity check.*hidden/layer_3"):
+        ActivationStore(tmp_path / "s.zarr")
+    offsets = next((tmp_path / "s.zarr/token_ids/c").iterdir())
+    offsets.write_bytes(offsets.read_bytes()[:-3])
+    assert any("array 'token_ids'" in p for p in verify(tmp_path / "s.zarr"))
+
+
+def test_hdf5_round_trip_is_exact(tmp_path):
+    write_store(tmp_path / "s.zarr", [3, 17, 40, 9])
+    export_hdf5(tmp_path / "s.zarr", tmp_path / "s.h5")
+    import_hdf5(tmp_path / "s.h5", tmp_path / "back.zarr")
+    original, back = ActivationStore(tmp_path / "s.zarr"), ActivationStore(tmp_path / "back.zarr")
+    for key in ("token_ids", "hidden/layer_1", "hidden/layer_3", "offsets", "labels", "example_index"):
+        assert np.array_equal(original.group[key][:], back.group[key][:]), key
+        assert original.group[key].dtype == back.group[key].dtype
+    strip = lambda m: {k: v for k, v in m.items() if k != "checksums"}
+    assert strip(original.manifest) == strip(back.manifest)
+    assert torch.equal(original.row_hidden(2, 3), back.row_hidden(2, 3))
+
+
+def test_one_writer_per_store(tmp_path):
+    with writer_lock(tmp_path / "s.zarr"):
+        with pytest.raises(DataError, match="being written by another process"):
+            with writer_lock(tmp_path / "s.zarr"):
+                pass
 
 
 def test_missing_layer_is_a_clear_error(tmp_path):

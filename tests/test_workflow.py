@@ -58,8 +58,9 @@ def test_second_run_has_nothing_to_do(smoke_run):
 
 def test_new_timestamps_alone_rerun_nothing(smoke_run):
     """As after a `dvc pull`: every input looks newer than every output, contents are unchanged."""
-    for path in [*(smoke_run / "data/models").rglob("*"), *(smoke_run / "data/tasks").rglob("*")]:
-        os.utime(path)
+    for shared in ("models", "tasks", "activations"):
+        for path in (smoke_run / "data" / shared).rglob("*"):
+            os.utime(path)
     assert planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml")) == set()
 
 
@@ -67,7 +68,7 @@ def test_bridge_hyperparameter_reruns_training_not_extraction(smoke_run, tmp_pat
     override = tmp_path / "wider.yaml"
     override.write_text(yaml.safe_dump({"bridges": {"perceiver": {"dim": 16}}}))
     jobs = planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml"), str(override))
-    assert {"train_bridge", "eval_bridge", "collect_results"} <= jobs
+    assert {"train_bridge", "eval_bridge", "collect_results", "report", "plot"} <= jobs
     assert not jobs & {"extract", "materialize_model", "materialize_task", "eval_zero_shot", "train_prompt_tuning"}
 
 
@@ -75,7 +76,7 @@ def test_layer_change_reruns_extraction(smoke_run, tmp_path):
     override = tmp_path / "layer.yaml"
     override.write_text(yaml.safe_dump({"extract": {"layers": [1]}, "bridges": {"perceiver": {"source_layer": 1}}}))
     jobs = planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml"), str(override))
-    assert {"extract", "train_bridge"} <= jobs and "materialize_model" not in jobs
+    assert {"extract", "train_bridge", "eval_bridge", "collect_results"} <= jobs and "materialize_model" not in jobs
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

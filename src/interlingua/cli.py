@@ -37,17 +37,21 @@ def cmd_materialize_model(args):
 def cmd_materialize_task(args):
     from .tasks import materialize_split
     spec, _, _ = _runtime(args)
-    meta = materialize_split(args.task, spec["task"], spec["datasets"], args.role, args.out)
+    meta = materialize_split(args.task, spec["task"], spec["datasets"], args.role, args.out, request=spec["task"])
     print(json.dumps(meta))
 
 
 def cmd_extract(args):
     from .extract import extract
     spec, device, dtype = _runtime(args)
-    extract(args.model_dir, args.split, args.out, sender_prompt=spec["sender_prompt"],
-            layers=spec["extract"]["layers"], storage_dtype=spec["extract"]["storage_dtype"],
-            batch_size=args.batch_size, shard_tokens=args.shard_tokens, chunk_tokens=args.chunk_tokens,
-            device=device, dtype=dtype, model_alias=args.alias)
+    from .store import write_receipt
+    ex = spec["extract"]
+    store = extract(args.model_dir, args.split, args.out, sender_prompt=spec["sender_prompt"], layers=ex["layers"],
+                    storage_dtype=ex["storage_dtype"], kv_cache=ex.get("kv_cache", False),
+                    batch_size=args.batch_size, shard_tokens=args.shard_tokens, chunk_tokens=args.chunk_tokens,
+                    device=device, dtype=dtype, model_alias=args.alias)
+    if args.receipt:
+        write_receipt(store, args.receipt, request=spec)
 
 
 def cmd_train_bridge(args):
@@ -97,9 +101,21 @@ def cmd_report(args):
     FIGURES[args.figure](args.results, args.out)
 
 
-def cmd_store_info(args):
-    from .store import describe
-    print(describe(args.path))
+def cmd_store(args):
+    from . import store
+
+    if args.action == "info":
+        for key, value in store.summary(args.path).items():
+            print(f"{key:>15}: {value}")
+    elif args.action == "verify":
+        problems = store.verify(args.path)
+        if problems:
+            raise InterlinguaError(f"{args.path} is damaged:\n  " + "\n  ".join(problems))
+        print(f"{args.path}: OK ({len(store.read_manifest(args.path)['checksums'])} files match their checksums)")
+    elif args.action == "export":
+        print(store.export_hdf5(args.path, args.other))
+    elif args.action == "import":
+        print(store.import_hdf5(args.path, args.other))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("--task", req), ("--role", {"required": True, "choices": ["train", "eval"]}), ("--out", req))
     command("extract", cmd_extract, "sender hidden states of a split -> Zarr store",
             ("--alias", {"default": ""}), ("--model-dir", req), ("--split", req), ("--out", req),
+            ("--receipt", {"help": "write the finished store's manifest here (what Snakemake tracks)"}),
             ("--batch-size", {"type": int, "default": 16}), ("--shard-tokens", {"type": int, "default": 65536}),
             ("--chunk-tokens", {"type": int, "default": 1024}))
     command("train-bridge", cmd_train_bridge, "train a bridge from a store into a frozen receiver",
@@ -141,7 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     command("collect", cmd_collect, "concatenate tidy result CSVs", ("--out", req), ("inputs", {"nargs": "+"}))
     command("report", cmd_report, "write one table or figure from tidy results",
             ("figure", {}), ("--results", req), ("--out", req))
-    command("store-info", cmd_store_info, "print a store's manifest", ("path", {}))
+    store = sub.add_parser("store", help="inspect, verify, export or import an activation store")
+    actions = store.add_subparsers(dest="action", required=True)
+    for action, help_text, other in [
+        ("info", "model, task, layers, contents, rows, tokens, bytes, files", None),
+        ("verify", "check every file against the manifest's checksums", None),
+        ("export", "write an equivalent HDF5 file: store export PATH OUT.h5", "OUT.h5"),
+        ("import", "rebuild a store from HDF5: store import IN.h5 PATH", "PATH"),
+    ]:
+        p = actions.add_parser(action, help=help_text)
+        p.add_argument("path", metavar="IN.h5" if action == "import" else "PATH")
+        if other:
+            p.add_argument("other", metavar=other)
+        p.set_defaults(func=cmd_store)
     return parser
 
 

@@ -1,4 +1,9 @@
-"""Run a frozen sender over a task split and stream chosen layers' hidden states to a store."""
+"""Run a frozen sender over a task split and stream hidden states (and KV caches) to a store.
+
+Rows are tokenized first, so the store's size is known before any forward pass; batches are
+length-sorted and fixed, so an interrupted run recomputes exactly the batches that were not
+durable and the finished store is identical to an uninterrupted one.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,14 +16,17 @@ from tqdm.auto import tqdm
 
 from . import __version__, zoo
 from .fingerprint import STORE_FORMAT_VERSION, fingerprint
-from .store import StoreWriter, read_manifest
+from .store import StoreWriter, kv_keys, layer_key, read_manifest, verify, writer_lock
 from .tasks import read_split
 
 
 def extraction_fingerprint(model_fp: str, task_sha: str, sender_prompt: str, layers, storage_dtype: str,
-                           compute_dtype: str) -> str:
-    return fingerprint({"model": model_fp, "task": task_sha, "prompt": sender_prompt, "layers": sorted(layers),
-                        "storage": storage_dtype, "compute": compute_dtype, "format": STORE_FORMAT_VERSION})
+                           compute_dtype: str, kv_cache: bool = False) -> str:
+    content = {"model": model_fp, "task": task_sha, "prompt": sender_prompt, "layers": sorted(layers),
+               "storage": storage_dtype, "compute": compute_dtype, "format": STORE_FORMAT_VERSION}
+    if kv_cache:
+        content["kv_cache"] = True
+    return fingerprint(content)
 
 
 def decoder_of(model):
@@ -27,8 +35,9 @@ def decoder_of(model):
 
 
 @contextlib.contextmanager
-def capture_layers(decoder, layers: list[int]):
-    """Record the output of each requested block (0 = embeddings); blocks past the deepest are cut off."""
+def capture_layers(decoder, layers: list[int], run_all: bool = False):
+    """Record the output of each requested block (0 = embeddings); blocks past the deepest are cut off
+    unless `run_all` (a full KV cache needs every block)."""
     captured: dict[int, torch.Tensor] = {}
     all_blocks = decoder.layers
     deepest = max(layers)
@@ -42,7 +51,8 @@ def capture_layers(decoder, layers: list[int]):
 
     handles = [(decoder.embed_tokens if layer == 0 else all_blocks[layer - 1]).register_forward_hook(hook_for(layer))
                for layer in layers]
-    decoder.layers = all_blocks[:deepest]  # the sender never runs blocks nobody reads
+    if not run_all:
+        decoder.layers = all_blocks[:deepest]  # the sender never runs blocks nobody reads
     try:
         yield captured
     finally:
@@ -51,60 +61,119 @@ def capture_layers(decoder, layers: list[int]):
             handle.remove()
 
 
-def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
-    return [tokenizer(text, add_special_tokens=True)["input_ids"] for text in texts]
+def kv_layout(config) -> dict:
+    """Shapes and attention layout of a model's KV cache, recorded in the manifest."""
+    heads = config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    layer_types = list(getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers)
+    return {"num_layers": config.num_hidden_layers, "num_kv_heads": heads, "head_dim": head_dim,
+            "num_attention_heads": config.num_attention_heads, "grouped_query": heads != config.num_attention_heads,
+            "layer_types": layer_types, "sliding_window": getattr(config, "sliding_window", None),
+            "positions": "keys stored after rotary embedding, as in the model's cache"}
 
 
 @torch.inference_mode()
-def sender_states(decoder, batch_ids: list[list[int]], layers: list[int], pad_id: int, device, dtype):
-    """Hidden states of each layer for a batch: {layer: (B, T, d)} and the lengths (B,)."""
-    lengths = [len(ids) for ids in batch_ids]
-    longest = max(lengths)
+def sender_states(decoder, batch_ids: list[list[int]], layers: list[int], pad_id: int, device, dtype,
+                  kv_cache: bool = False):
+    """{layer: (B, T, d)}, the KV cache (a DynamicCache holding every token of every layer, or None)."""
+    from transformers import DynamicCache
+
+    longest = max(len(ids) for ids in batch_ids)
     ids = torch.full((len(batch_ids), longest), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(batch_ids):
         ids[i, :len(row)] = torch.tensor(row)
         mask[i, :len(row)] = 1
-    with capture_layers(decoder, layers) as captured:
+    # A config-less DynamicCache keeps every position, also for sliding-window layers.
+    cache = DynamicCache() if kv_cache else None
+    with capture_layers(decoder, layers, run_all=kv_cache) as captured:
         autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
         with autocast:
-            decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-    return {layer: captured[layer] for layer in layers}, lengths
+            decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=kv_cache,
+                    past_key_values=cache)
+    return {layer: captured[layer] for layer in layers}, cache
+
+
+def store_covers(path: Path, fingerprint_request: dict) -> bool:
+    """An existing, intact store holds at least what is asked (a superset of layers, KV if asked)."""
+    try:
+        manifest = read_manifest(path)
+    except Exception:
+        return False
+    same = all(manifest.get(k) == v for k, v in fingerprint_request.items() if k not in ("layers", "kv_cache"))
+    layers_ok = set(fingerprint_request["layers"]) <= set(manifest["layers"])
+    kv_ok = not fingerprint_request["kv_cache"] or "kv" in manifest
+    return same and layers_ok and kv_ok and not verify(path)
 
 
 def extract(model_dir: str | Path, split_path: str | Path, out_path: str | Path, *, sender_prompt: str,
-            layers: list[int], storage_dtype: str, batch_size: int, device, dtype,
+            layers: list[int], storage_dtype: str, batch_size: int, device, dtype, kv_cache: bool = False,
             shard_tokens: int = 65536, chunk_tokens: int = 1024, model_alias: str = "") -> Path:
+    out_path = Path(out_path)
     rows, task_meta = read_split(split_path)
     model_meta = zoo.read_manifest(model_dir)
+    layers = sorted(layers)
+    compute = str(torch.float32 if device.type == "cpu" else dtype).removeprefix("torch.")
+    request = {"model_fingerprint": model_meta["fingerprint"], "task_sha256": task_meta["content_sha256"],
+               "sender_prompt": sender_prompt, "storage_dtype": storage_dtype, "compute_dtype": compute,
+               "format_version": STORE_FORMAT_VERSION, "layers": layers, "kv_cache": kv_cache}
+    if store_covers(out_path, request):
+        print(f"{out_path}: an intact store already holds this request; nothing to extract")
+        return out_path
+    with writer_lock(out_path):
+        return _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_size, device, dtype,
+                        shard_tokens, chunk_tokens, model_alias)
+
+
+def _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_size, device, dtype,
+             shard_tokens, chunk_tokens, model_alias) -> Path:
+    layers, kv_cache, sender_prompt = request["layers"], request["kv_cache"], request["sender_prompt"]
     tokenizer = zoo.load_tokenizer(model_dir)
+    config = zoo.load_config(model_dir)
+    token_ids = [tokenizer(sender_prompt.format(text=row["text"]), add_special_tokens=True)["input_ids"]
+                 for row in rows]
+    # Length-sorted, fixed batches waste little padding; the store keeps each row's example index.
+    order = sorted(range(len(rows)), key=lambda i: len(token_ids[i]))
+    d, storage = config.hidden_size, request["storage_dtype"]
+    arrays = {"token_ids": ((), "int32"), **{layer_key(l): ((d,), storage) for l in layers}}
+    kv = kv_layout(config) if kv_cache else None
+    if kv:
+        for layer in range(kv["num_layers"]):
+            for key in kv_keys(layer):
+                arrays[key] = ((kv["num_kv_heads"], kv["head_dim"]), storage)
+    key = extraction_fingerprint(request["model_fingerprint"], request["task_sha256"], sender_prompt, layers,
+                                 storage, request["compute_dtype"], kv_cache)
+    writer = StoreWriter(out_path, key=key, lengths=[len(token_ids[i]) for i in order],
+                         labels=[rows[i]["label"] for i in order], example_index=order, arrays=arrays,
+                         shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)
+    first_batch = writer.first_row_to_compute // batch_size
     model = zoo.load_model(model_dir, device, torch.float32 if device.type == "cpu" else dtype)
     decoder = decoder_of(model)
-    layers = sorted(layers)
-    token_ids = encode_texts(tokenizer, [sender_prompt.format(text=row["text"]) for row in rows])
-    # Length-sorted batches waste little padding; the store keeps each row's example index.
-    order = sorted(range(len(rows)), key=lambda i: len(token_ids[i]))
-    writer = StoreWriter(out_path, model.config.hidden_size, layers, storage_dtype, shard_tokens, chunk_tokens)
     started = time.perf_counter()
-    with tqdm(total=len(rows), desc=f"extract {Path(out_path).name}", unit="ex") as bar:
-        for start in range(0, len(order), batch_size):
+    with tqdm(total=len(rows), initial=first_batch * batch_size, desc=f"extract {out_path.name}", unit="ex") as bar:
+        for start in range(first_batch * batch_size, len(order), batch_size):
             batch = order[start:start + batch_size]
-            states, lengths = sender_states(decoder, [token_ids[i] for i in batch], layers,
-                                            tokenizer.pad_token_id, device, dtype)
+            states, cache = sender_states(decoder, [token_ids[i] for i in batch], layers, tokenizer.pad_token_id,
+                                          device, dtype, kv_cache)
             for j, i in enumerate(batch):
-                writer.add(np.asarray(token_ids[i]), {l: states[l][j, :lengths[j]] for l in layers},
-                           rows[i]["label"], i)
+                n = len(token_ids[i])
+                values = {"token_ids": np.asarray(token_ids[i], dtype=np.int32),
+                          **{layer_key(l): states[l][j, :n] for l in layers}}
+                if cache is not None:
+                    for layer, cached in enumerate(cache.layers):
+                        keys_name, values_name = kv_keys(layer)
+                        values[keys_name] = cached.keys[j, :, :n].transpose(0, 1)      # (T, H, D)
+                        values[values_name] = cached.values[j, :, :n].transpose(0, 1)  # (T, H, D)
+                writer.add(start + j, values)
             bar.update(len(batch))
-    compute = str(dtype).removeprefix("torch.")
     manifest = {
-        "kind": "hidden_states", "model": model_alias or model_meta["alias"], "model_source": model_meta["source"],
-        "model_fingerprint": model_meta["fingerprint"], "tokenizer": type(tokenizer).__name__,
-        "vocab_size": len(tokenizer), "task": task_meta["task"], "role": task_meta["role"],
-        "split": task_meta["split"], "task_sha256": task_meta["content_sha256"], "sender_prompt": sender_prompt,
-        "layers": layers, "hidden_size": model.config.hidden_size, "num_model_layers": model.config.num_hidden_layers,
-        "storage_dtype": storage_dtype, "compute_dtype": compute, "code_version": __version__,
-        "format_version": STORE_FORMAT_VERSION, "seconds": round(time.perf_counter() - started, 2),
-        "fingerprint": extraction_fingerprint(model_meta["fingerprint"], task_meta["content_sha256"], sender_prompt,
-                                              layers, storage_dtype, compute),
+        "kind": "activations", "model": model_alias or model_meta["alias"], "model_source": model_meta["source"],
+        "tokenizer": type(tokenizer).__name__, "vocab_size": len(tokenizer), "task": task_meta["task"],
+        "role": task_meta["role"], "split": task_meta["split"], "hidden_size": d,
+        "num_model_layers": config.num_hidden_layers, "code_version": __version__,
+        "seconds": round(time.perf_counter() - started, 2), "fingerprint": key,
+        **{k: v for k, v in request.items() if k != "kv_cache"},
     }
+    if kv:
+        manifest["kv"] = kv
     return writer.finish(manifest)

@@ -92,7 +92,8 @@ def subsample(rows: list[dict], size: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(len(rows)), size))
 
 
-def materialize_split(name: str, task: dict, datasets_dir: str | Path, role: str, out_path: str | Path) -> dict:
+def materialize_split(name: str, task: dict, datasets_dir: str | Path, role: str, out_path: str | Path,
+                      request: dict | None = None) -> dict:
     """Write the validated, subsampled split as {index, text, label} lines; return its meta."""
     rows, origin = load_rows(name, task, datasets_dir, role)
     keep = subsample(rows, task["subsample"].get(role), task["subsample_seed"])
@@ -107,6 +108,8 @@ def materialize_split(name: str, task: dict, datasets_dir: str | Path, role: str
     tmp.replace(out_path)
     meta = {"task": name, "role": role, "split": task["splits"][role], "origin": origin,
             "rows": len(keep), "source_rows": len(rows), "content_sha256": file_sha256(out_path)}
+    if request is not None:
+        meta["request"] = request  # lets the workflow tell a current split from a stale one
     meta_path(out_path).write_text(json.dumps(meta, indent=2))
     return meta
 

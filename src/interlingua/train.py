@@ -46,16 +46,30 @@ def lr_lambda(warmup: int, steps: int):
 
 
 def fit(module: nn.Module, soft_tokens, labels: torch.Tensor, receiver: Receiver, instruction: str,
-        train: dict, lr: float, seed: int, diversity_weight: float, desc: str) -> list[dict]:
-    """Optimise `module` so the receiver predicts labels; soft_tokens(rows) -> (B, M, d_r)."""
+        train: dict, lr: float, seed: int, diversity_weight: float, desc: str,
+        resume_path: Path | None = None, run_key: str = "") -> list[dict]:
+    """Optimise `module` so the receiver predicts labels; soft_tokens(rows) -> (B, M, d_r).
+
+    Every `train.checkpoint_every` steps the whole state (weights, optimizer, schedule, RNG, log)
+    goes to `resume_path`; a killed run resumes there and ends with the same weights.
+    """
     generator = seed_everything(seed)
+    plan = list(batches(len(labels), train["batch_size"], train["steps"], generator))  # fixed up front
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=train["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train["warmup_steps"], train["steps"]))
-    log = []
+    log, start = [], 0
+    if resume_path is not None and resume_path.exists():
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        if state["run_key"] == run_key:
+            module.load_state_dict(state["module"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            log, start = state["log"], state["step"]
     module.train()
-    bar = tqdm(batches(len(labels), train["batch_size"], train["steps"], generator), total=train["steps"], desc=desc)
-    for step, rows in enumerate(bar):
+    bar = tqdm(plan[start:], total=train["steps"], initial=start, desc=desc)
+    for step, rows in enumerate(bar, start=start):
         soft = soft_tokens(rows)                                     # (B, M, d_r)
         embeds, mask = receiver.soft_prompt(soft, instruction)       # (B, P, d_r)
         ce = receiver.label_loss(embeds, mask, labels[rows])
@@ -70,16 +84,29 @@ def fit(module: nn.Module, soft_tokens, labels: torch.Tensor, receiver: Receiver
         log.append(record)
         if step % 10 == 0:
             bar.set_postfix(ce=f"{record['ce']:.3f}", div=f"{record['diversity']:.2f}")
+        if resume_path is not None and (step + 1) % train["checkpoint_every"] == 0 and step + 1 < train["steps"]:
+            _atomic_save(resume_path, {"run_key": run_key, "step": step + 1, "module": module.state_dict(),
+                                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                       "rng": torch.get_rng_state(), "log": log})
     module.eval()
     return log
 
 
-def _save(path: Path, payload: dict, log: list[dict]) -> None:
+def _atomic_save(path: Path, payload) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+
+
+def resume_path_for(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".resume")
+
+
+def _save(path: Path, payload: dict, log: list[dict]) -> None:
+    _atomic_save(path, payload)
     path.with_suffix(".log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    resume_path_for(path).unlink(missing_ok=True)
 
 
 def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge_spec: dict, task: dict,
@@ -98,16 +125,17 @@ def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge
         states, mask, _ = store.batch(rows, config.source_layer, torch.float32, device)
         return bridge(states, mask)
 
+    receiver_fp = zoo.read_manifest(receiver_dir)["fingerprint"]
+    run_fp = fingerprint({"store": store.manifest["fingerprint"], "bridge": bridge_spec, "train": train,
+                          "seed": seed, "task": task["prompts"], "receiver": receiver_fp})
     started = time.perf_counter()
     log = fit(bridge, soft_tokens, store.labels, receiver, task["prompts"]["instruction"], train, train["lr"],
-              seed, train["diversity_weight"], desc=f"train {bridge_name}")
+              seed, train["diversity_weight"], desc=f"train {bridge_name}",
+              resume_path=resume_path_for(Path(out_path)), run_key=run_fp)
     payload = {"kind": "bridge", "type": bridge_spec["type"], "config": dataclasses.asdict(config),
                "state_dict": bridge.state_dict(), "store_fingerprint": store.manifest["fingerprint"],
-               "receiver": zoo.read_manifest(receiver_dir)["fingerprint"], "seed": seed,
-               "seconds": time.perf_counter() - started,
-               "fingerprint": fingerprint({"store": store.manifest["fingerprint"], "bridge": bridge_spec,
-                                           "train": train, "seed": seed, "task": task["prompts"],
-                                           "receiver": zoo.read_manifest(receiver_dir)["fingerprint"]})}
+               "receiver": receiver_fp, "seed": seed, "seconds": time.perf_counter() - started,
+               "fingerprint": run_fp}
     _save(Path(out_path), payload, log)
     return Path(out_path)
 
@@ -143,13 +171,14 @@ def train_prompt_tuning(split_path, receiver_dir, out_path, *, task: dict, train
     def soft_tokens(batch_rows):
         return prompt(indices).unsqueeze(0).expand(len(batch_rows), -1, -1)
 
+    run_fp = fingerprint({"task": meta["content_sha256"], "prompts": task["prompts"], "train": train,
+                          "prompt_tuning": prompt_tuning, "seed": seed,
+                          "receiver": zoo.read_manifest(receiver_dir)["fingerprint"]})
     started = time.perf_counter()
     log = fit(prompt, soft_tokens, labels, receiver, task["prompts"]["instruction"], train, prompt_tuning["lr"],
-              seed, 0.0, desc="prompt tuning")
+              seed, 0.0, desc="prompt tuning", resume_path=resume_path_for(Path(out_path)), run_key=run_fp)
     payload = {"kind": "prompt_tuning", "num_virtual_tokens": prompt_tuning["num_virtual_tokens"],
                "state_dict": prompt.state_dict(), "seed": seed, "seconds": time.perf_counter() - started,
-               "fingerprint": fingerprint({"task": meta["content_sha256"], "prompts": task["prompts"],
-                                           "train": train, "prompt_tuning": prompt_tuning, "seed": seed,
-                                           "receiver": zoo.read_manifest(receiver_dir)["fingerprint"]})}
+               "fingerprint": run_fp}
     _save(Path(out_path), payload, log)
     return Path(out_path)

@@ -19,6 +19,11 @@ config.update(VALID)
 CLI = f"{sys.executable} -m interlingua"
 STUDY = config["study"]
 ALIAS = "[A-Za-z0-9][A-Za-z0-9_.-]*"
+# Reruns are decided by content, not timestamps (DVC does not keep them, so a teammate's
+# `dvc pull` must not make cached activations look stale). Each job's params carry everything
+# upstream that decides its inputs (model sources, data hashes, extraction requests), and a
+# model, task split or store whose receipt records the current request is an ancient() input:
+# its timestamp cannot trigger anything. Anything else propagates as usual.
 
 
 wildcard_constraints:
@@ -64,15 +69,73 @@ def source_sha256(path):
     return file_sha256(path) if Path(path).exists() else None
 
 
+def mirror_input(wildcards):
+    path = mirror_path(config["tasks"][wildcards.task], config["paths"]["datasets"], task_role(wildcards))
+    return [str(path)] if path.exists() else []
+
+
+def model_request(alias):
+    return config["models"][alias]
+
+
+def task_request(task, role):
+    return task_source_spec(config["tasks"][task], role)
+
+
+def extract_request(sender, task, role):
+    """What decides a store's contents (batch and shard sizes do not)."""
+    ex = config["extract"]
+    return {"model": model_request(sender), "task": task_request(task, role), "runtime": runtime(),
+            "sender_prompt": config["tasks"][task]["prompts"]["sender"],
+            "extract": {k: ex[k] for k in ("layers", "storage_dtype", "kv_cache")}}
+
+
+def bridge_request(w):
+    return {"runtime": runtime(), "bridge": config["bridges"][w.bridge], "train": config["train"],
+            "task": prompt_spec(config["tasks"][w.task]), "receiver": model_request(w.receiver),
+            "store": extract_request(w.sender, w.task, "train"), "seed": w.seed}
+
+
+def prompt_tuning_request(w):
+    return {"runtime": runtime(), "train": config["train"], "prompt_tuning": config["prompt_tuning"],
+            "task": prompt_spec(config["tasks"][w.task]), "receiver": model_request(w.receiver),
+            "data": task_request(w.task, "train"), "seed": w.seed}
+
+
+def eval_request(w, **upstream):
+    return spec(runtime=runtime(), task=prompt_spec(config["tasks"][w.task]),
+                batch_size=config["evaluate"]["batch_size"], **upstream)
+
+
+def unless_stale(path, receipt, key, request):
+    """ancient(path) when `receipt` exists and its `key` equals `request` (the artifact is current)."""
+    try:
+        recorded = json.loads(Path(receipt).read_text()).get(key)
+    except (OSError, ValueError):
+        recorded = None
+    return ancient(path) if recorded == json.loads(json.dumps(request)) else path
+
+
+def model_input(alias):
+    return unless_stale(f"data/models/{alias}", f"data/models/{alias}/interlingua_model.json", "source",
+                        model_request(alias))
+
+
+def task_input(task, role):
+    path = f"data/tasks/{task}/{split_name(task, role)}.jsonl"
+    return unless_stale(path, path.replace(".jsonl", ".meta.json"), "request", task_request(task, role))
+
+
+def store_input(sender, task, role):
+    path = f"data/activations/{sender}/{task}/{split_name(task, role)}.manifest.json"
+    return unless_stale(path, path, "request", extract_request(sender, task, role))
+
+
 def split_name(task, role):
     return config["tasks"][task]["splits"][role]
 
 
-def task_split(role):
-    return lambda w: f"data/tasks/{w.task}/{split_name(w.task, role)}.jsonl"
-
-
-def store(role):
+def store_dir(role):
     return lambda w: f"data/activations/{w.sender}/{w.task}/{split_name(w.task, role)}.zarr"
 
 

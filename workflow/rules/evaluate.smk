@@ -1,12 +1,12 @@
 rule eval_zero_shot:
     """A model reading the task text directly, no training."""
     input:
-        split=task_split("eval"),
-        model="data/models/{model}",
+        split=lambda w: task_input(w.task, "eval"),
+        model=lambda w: model_input(w.model),
     output:
         "results/zero_shot/{model}/{task}.csv",
     params:
-        spec=lambda w: spec(runtime=runtime(), task=prompt_spec(config["tasks"][w.task]), batch_size=config["evaluate"]["batch_size"]),
+        spec=lambda w: eval_request(w, model=model_request(w.model), data=task_request(w.task, "eval")),
     log:
         "logs/eval_zero_shot/{model}/{task}.log",
     benchmark:
@@ -19,32 +19,33 @@ rule eval_zero_shot:
 rule eval_bridge:
     """Bridge accuracy on the eval split, with shuffled-source and zero-source controls."""
     input:
-        store=store("eval"),
-        receiver="data/models/{receiver}",
+        store=lambda w: store_input(w.sender, w.task, "eval"),
+        receiver=lambda w: model_input(w.receiver),
         checkpoint=rules.train_bridge.output.checkpoint,
     output:
         "results/bridge/{bridge}/{sender}/{receiver}/{task}/seed{seed}.csv",
     params:
-        spec=lambda w: spec(runtime=runtime(), task=prompt_spec(config["tasks"][w.task]), batch_size=config["evaluate"]["batch_size"]),
+        store=store_dir("eval"),
+        spec=lambda w: eval_request(w, store=extract_request(w.sender, w.task, "eval"), checkpoint=bridge_request(w)),
     log:
         "logs/eval_bridge/{bridge}/{sender}/{receiver}/{task}/seed{seed}.log",
     benchmark:
         "results/benchmarks/eval_bridge/{bridge}/{sender}/{receiver}/{task}/seed{seed}.tsv"
     shell:
         "{CLI} eval-bridge --task {wildcards.task} --sender {wildcards.sender} --receiver {wildcards.receiver} "
-        "--bridge {wildcards.bridge} --store {input.store} --receiver-dir {input.receiver} "
+        "--bridge {wildcards.bridge} --store {params.store} --receiver-dir {input.receiver} "
         "--checkpoint {input.checkpoint} --spec {params.spec:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule eval_prompt_tuning:
     input:
-        split=task_split("eval"),
-        receiver="data/models/{receiver}",
+        split=lambda w: task_input(w.task, "eval"),
+        receiver=lambda w: model_input(w.receiver),
         checkpoint=rules.train_prompt_tuning.output.checkpoint,
     output:
         "results/prompt_tuning/{receiver}/{task}/seed{seed}.csv",
     params:
-        spec=lambda w: spec(runtime=runtime(), task=prompt_spec(config["tasks"][w.task]), batch_size=config["evaluate"]["batch_size"]),
+        spec=lambda w: eval_request(w, data=task_request(w.task, "eval"), checkpoint=prompt_tuning_request(w)),
     log:
         "logs/eval_prompt_tuning/{receiver}/{task}/seed{seed}.log",
     shell:

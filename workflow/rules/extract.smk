@@ -1,20 +1,25 @@
 rule extract:
-    """Sender hidden states of every example of a split -> sharded Zarr store."""
+    """Sender hidden states (and KV caches) of every example of a split -> sharded Zarr store.
+
+    The output is the store's receipt, written once the store is complete. The store itself is
+    managed by the job: an interrupted write resumes, and an intact store that already holds
+    the request (same data, model and prompt; a superset of layers) is reused as it is.
+    """
     input:
-        model="data/models/{sender}",
-        split="data/tasks/{task}/{split}.jsonl",
+        model=lambda w: model_input(w.sender),
+        split=lambda w: task_input(w.task, task_role(w)),
     output:
-        store=directory("data/activations/{sender}/{task}/{split}.zarr"),
+        manifest="data/activations/{sender}/{task}/{split}.manifest.json",
     params:
-        spec=lambda w: spec(runtime=runtime(), sender_prompt=config["tasks"][w.task]["prompts"]["sender"],
-                            extract={k: config["extract"][k] for k in ("layers", "storage_dtype")}),
+        store="data/activations/{sender}/{task}/{split}.zarr",
+        spec=lambda w: spec(**extract_request(w.sender, w.task, task_role(w))),
     log:
         "logs/extract/{sender}/{task}/{split}.log",
     benchmark:
         "results/benchmarks/extract/{sender}/{task}/{split}.tsv"
     shell:
         "{CLI} extract --alias {wildcards.sender} --model-dir {input.model} --split {input.split} "
-        "--spec {params.spec:q} --threads {threads} --out {output.store} "
+        "--spec {params.spec:q} --threads {threads} --out {params.store} --receipt {output.manifest} "
         # Batch and shard sizes do not change the contents: not params, so no rerun trigger.
         "--batch-size {config[extract][batch_size]} --shard-tokens {config[extract][shard_tokens]} "
         "--chunk-tokens {config[extract][chunk_tokens]} > {log} 2>&1"

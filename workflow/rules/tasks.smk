@@ -1,8 +1,9 @@
 rule materialize_task:
     """Validate every row of a split, take the seeded subsample, record its content hash."""
     input:
-        # The mirror file when there is one (else the hub id is tried inside the job).
-        lambda w: [p] if (p := mirror_path(config["tasks"][w.task], config["paths"]["datasets"], task_role(w))).exists() else [],
+        # The mirror file when there is one (else the hub id is tried inside the job); its content
+        # hash is in params, so it is ancient() like every input.
+        ancient(mirror_input),
     output:
         split="data/tasks/{task}/{split}.jsonl",
         meta="data/tasks/{task}/{split}.meta.json",
