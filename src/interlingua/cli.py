@@ -92,8 +92,10 @@ def cmd_eval_prompt_tuning(args):
 
 
 def cmd_collect(args):
-    from .report import collect
+    from .report import collect, write_metrics
     print(collect(args.inputs, args.out))
+    if args.metrics:
+        print(write_metrics(args.out, args.metrics))
 
 
 def cmd_report(args):
@@ -155,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("eval-prompt-tuning", cmd_eval_prompt_tuning, "accuracy of a prompt-tuned receiver",
             ("--task", req), ("--receiver", req), ("--split", req), ("--receiver-dir", req),
             ("--checkpoint", req), ("--out", req))
-    command("collect", cmd_collect, "concatenate tidy result CSVs", ("--out", req), ("inputs", {"nargs": "+"}))
+    command("collect", cmd_collect, "concatenate tidy result CSVs", ("--out", req),
+            ("--metrics", {"help": "also write mean accuracy per task and method as JSON (dvc metrics)"}),
+            ("inputs", {"nargs": "+"}))
     command("report", cmd_report, "write one table or figure from tidy results",
             ("figure", {}), ("--results", req), ("--out", req))
     store = sub.add_parser("store", help="inspect, verify, export or import an activation store")

@@ -4,6 +4,7 @@ Every function reads the tidy table (one row per run x metric) written by `colle
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +26,15 @@ def collect(inputs: list[str], out_path: str) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_path, index=False)
     return out_path
+
+
+def write_metrics(results_path, out_path) -> Path:
+    """{task: {method label: mean accuracy}}: what `dvc metrics show` prints."""
+    summary = accuracy_summary(read_results(results_path))
+    metrics = {task: {row.label: round(row["mean"], 4) for _, row in part.iterrows()}
+               for task, part in summary.groupby("task")}
+    Path(out_path).write_text(json.dumps(metrics, indent=2) + "\n")
+    return Path(out_path)
 
 
 def read_results(path) -> pd.DataFrame:

@@ -139,6 +139,30 @@ def store_dir(role):
     return lambda w: f"data/activations/{w.sender}/{w.task}/{split_name(w.task, role)}.zarr"
 
 
+def study_models():
+    return sorted({m for p in STUDY["pairs"] for m in p.values()} | set(STUDY["zero_shot"]) | set(STUDY["prompt_tuning"]))
+
+
+def study_splits():
+    return [f"data/tasks/{t}/{split_name(t, role)}.jsonl" for t in STUDY["tasks"] for role in ("train", "eval")]
+
+
+def study_stores():
+    senders = sorted({p["sender"] for p in STUDY["pairs"]})
+    return [f"data/activations/{s}/{t}/{split_name(t, role)}.manifest.json"
+            for s in senders for t in STUDY["tasks"] for role in ("train", "eval")]
+
+
+def study_checkpoints():
+    out = []
+    for task in STUDY["tasks"]:
+        for seed in STUDY["seeds"]:
+            out += [f"data/checkpoints/prompt_tuning/{r}/{task}/seed{seed}.pt" for r in STUDY["prompt_tuning"]]
+            out += [f"data/checkpoints/{b}/{p['sender']}/{p['receiver']}/{task}/seed{seed}.pt"
+                    for p in STUDY["pairs"] for b in STUDY["bridges"]]
+    return out
+
+
 def study_results():
     """Every tidy result file the study asks for."""
     out = []

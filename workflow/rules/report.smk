@@ -3,11 +3,12 @@ rule collect_results:
     input:
         study_results(),
     output:
-        "results/results.csv",
+        table="results/results.csv",
+        metrics="results/metrics.json",
     log:
         "logs/collect_results.log",
     shell:
-        "{CLI} collect --out {output} {input} > {log} 2>&1"
+        "{CLI} collect --out {output.table} --metrics {output.metrics} {input} > {log} 2>&1"
 
 
 rule report:
