@@ -44,7 +44,6 @@ def test_pull_then_snakemake_runs_no_extraction(tmp_path):
     first.mkdir()
     make_project(first)
     sh(first, "git", "init", "-q")
-    sh(first, "dvc", "init", "-q")
     sh(first, "dvc", "remote", "add", "-d", "local", str(remote))
     sh(first, "git", "add", "-A")
     sh(first, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project")

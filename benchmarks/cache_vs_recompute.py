@@ -1,0 +1,87 @@
+"""Reading cached states versus recomputing them with the sender (target: >= 50x faster per token),
+and one bridge training step from the cache versus the same step with the sender running online
+(target: <= 0.6x the time)."""
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common import RECEIVER, SENDER, model_dir, report, rows, split_path, timed
+from interlingua import zoo
+from interlingua.bridges import bridge_config, build_bridge
+from interlingua.extract import decoder_of, extract, sender_states
+from interlingua.receiver import Receiver, embedding_rms
+from interlingua.store import ActivationStore
+
+LAYER, BATCH = 15, 8
+INSTRUCTION = "Review:{soft_tokens}\nSentiment (positive or negative):"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    cpu = torch.device("cpu")
+    examples = rows("train", args.rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = Path(tmp) / "train.jsonl"
+        subset.write_text("".join(split_path("train").read_text().splitlines(keepends=True)[:args.rows]))
+        Path(tmp, "train.meta.json").write_text(split_path("train").with_suffix(".meta.json").read_text())
+        store = ActivationStore(extract(model_dir(SENDER), subset, Path(tmp) / "s.zarr", sender_prompt="Review: {text}",
+                                        layers=[LAYER], storage_dtype="bfloat16", batch_size=16, device=cpu,
+                                        dtype=torch.float32))
+        tokenizer = zoo.load_tokenizer(model_dir(SENDER))
+        sender = decoder_of(zoo.load_model(model_dir(SENDER), cpu, torch.float32))
+        ids = {int(store.example_index[r]): store.row_tokens(r).tolist() for r in range(len(store))}
+        generator = torch.Generator().manual_seed(0)
+        plan = [torch.randperm(len(store), generator=generator)[:BATCH].tolist() for _ in range(args.steps)]
+
+        def online_states(batch):
+            states, _ = sender_states(sender, [ids[int(store.example_index[r])] for r in batch], [LAYER],
+                                      tokenizer.pad_token_id, cpu, torch.float32)
+            longest = max(len(ids[int(store.example_index[r])]) for r in batch)
+            mask = torch.tensor([[i < len(ids[int(store.example_index[r])]) for i in range(longest)] for r in batch])
+            return states[LAYER], mask
+
+        tokens = sum(len(ids[int(store.example_index[r])]) for batch in plan for r in batch)
+        t_read = timed(lambda: [store.batch(b, LAYER) for b in plan], 3)
+        t_recompute = timed(lambda: [online_states(b) for b in plan], 3)
+        print(f"per token: read from store {t_read / tokens * 1e6:.1f} us, recompute with the sender "
+              f"{t_recompute / tokens * 1e6:.1f} us ({tokens} tokens in {args.steps} batches of {BATCH})")
+        report("reading cached states vs recomputing (speed-up)", t_recompute / t_read, ">= 50", t_recompute / t_read >= 50)
+
+        model = zoo.load_model(model_dir(RECEIVER), cpu, torch.float32)
+        receiver = Receiver(model, zoo.load_tokenizer(model_dir(RECEIVER)), [" negative", " positive"])
+        bridge = build_bridge("perceiver", bridge_config("p", {"type": "perceiver", "source_layer": LAYER},
+                                                         store.hidden_size, model.config.hidden_size))
+        bridge.calibrate(embedding_rms(model))
+        optimizer = torch.optim.AdamW(bridge.parameters(), lr=1e-4)
+
+        def step(states, mask, labels):
+            soft = bridge(states, mask)
+            loss = receiver.label_loss(*receiver.soft_prompt(soft, INSTRUCTION), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        def from_cache():
+            for batch in plan:
+                step(*store.batch(batch, LAYER))
+
+        def with_sender():
+            for batch in plan:
+                states, mask = online_states(batch)
+                step(states, mask, store.labels[batch])
+
+        from_cache()  # warm-up
+        t_cache, t_online = timed(from_cache, 2), timed(with_sender, 2)
+        print(f"training step: from cache {t_cache / args.steps:.3f} s, with the sender online "
+              f"{t_online / args.steps:.3f} s (batch {BATCH}, receiver {RECEIVER})")
+        report("training step from cache / with sender online", t_cache / t_online, "<= 0.6", t_cache / t_online <= 0.6)
+
+
+if __name__ == "__main__":
+    main()
