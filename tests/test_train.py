@@ -61,3 +61,13 @@ def test_training_refuses_a_damaged_store(toy_store, tiny_models, sst2_like_task
     shard.write_bytes(shard.read_bytes()[:-5])
     with pytest.raises(DataError, match="fails its integrity check"):
         run(toy_store, tiny_models, sst2_like_task, tmp_path / "c.pt")
+
+
+def test_training_refuses_a_store_extracted_for_another_request(toy_store, tiny_models, sst2_like_task, tmp_path):
+    from interlingua.errors import DataError
+
+    request = {"sender_prompt": "Another prompt: {text}", "extract": {"layers": [2]}}
+    with pytest.raises(DataError, match=r"extracted for another request \(sender_prompt\)"):
+        train_bridge(toy_store, tiny_models["receiver"], tmp_path / "d.pt", bridge_name="p", bridge_spec=BRIDGE,
+                     task=sst2_like_task, train=TRAIN, seed=3, device=torch.device("cpu"), dtype=torch.float32,
+                     store_request=request)

@@ -58,7 +58,8 @@ def cmd_train_bridge(args):
     from .train import train_bridge
     spec, device, dtype = _runtime(args)
     train_bridge(args.store, args.receiver_dir, args.out, bridge_name=args.bridge, bridge_spec=spec["bridge"],
-                 task=spec["task"], train=spec["train"], seed=args.seed, device=device, dtype=dtype)
+                 task=spec["task"], train=spec["train"], seed=args.seed, device=device, dtype=dtype,
+                 store_request=spec.get("store"))
 
 
 def cmd_train_prompt_tuning(args):
@@ -80,7 +81,7 @@ def cmd_eval_bridge(args):
     spec, device, dtype = _runtime(args)
     evaluate_bridge(args.store, args.receiver_dir, args.checkpoint, args.out, task_name=args.task, task=spec["task"],
                     sender=args.sender, receiver_alias=args.receiver, bridge_name=args.bridge,
-                    batch_size=spec["batch_size"], device=device, dtype=dtype)
+                    batch_size=spec["batch_size"], device=device, dtype=dtype, store_request=spec.get("store"))
 
 
 def cmd_eval_prompt_tuning(args):

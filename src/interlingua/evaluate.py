@@ -78,9 +78,10 @@ def evaluate_zero_shot(split_path, model_dir, out_path, *, task_name: str, task:
 
 
 def evaluate_bridge(store_path, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict, sender: str,
-                    receiver_alias: str, bridge_name: str, batch_size: int, device, dtype) -> Path:
+                    receiver_alias: str, bridge_name: str, batch_size: int, device, dtype,
+                    store_request: dict | None = None) -> Path:
     """Bridge accuracy, and the same bridge fed another example's states or zeros (controls)."""
-    store = ActivationStore(store_path)
+    store = ActivationStore(store_path, request=store_request)
     receiver = _receiver(receiver_dir, task, device, dtype)
     bridge, payload = load_bridge(checkpoint, device)
     layer, instruction = payload["config"]["source_layer"], task["prompts"]["instruction"]

@@ -241,20 +241,42 @@ def verify(path: str | Path) -> list[str]:
     return problems
 
 
-def require_intact(path: str | Path) -> dict:
+def require_intact(path: str | Path, request: dict | None = None) -> dict:
+    """The manifest of a store that passes its checksums, its fingerprint and (if given) a request
+    {sender_prompt, layers, kv_cache, ...}; otherwise a DataError saying what to do."""
     problems = verify(path)
     if problems:
         raise DataError(f"{path} fails its integrity check: {'; '.join(problems[:5])}. Delete the store and "
                         f"rerun extraction, or `dvc pull` it again")
-    return read_manifest(path)
+    manifest = read_manifest(path)
+    if "model_fingerprint" in manifest:
+        from .extract import extraction_fingerprint
+
+        expected = extraction_fingerprint(manifest["model_fingerprint"], manifest["task_sha256"],
+                                          manifest["sender_prompt"], manifest["layers"], manifest["storage_dtype"],
+                                          manifest["compute_dtype"], "kv" in manifest)
+        if expected != manifest["fingerprint"]:
+            raise DataError(f"{path}: the manifest's fingerprint does not match its contents' description "
+                            f"(edited or written by another version); delete the store and rerun extraction")
+    if request:
+        wanted = request.get("extract", {})
+        mismatch = [k for k in ("sender_prompt",) if k in request and manifest.get(k) != request[k]]
+        if not set(wanted.get("layers", [])) <= set(manifest["layers"]):
+            mismatch.append(f"layers {wanted['layers']} (store has {manifest['layers']})")
+        if wanted.get("kv_cache") and "kv" not in manifest:
+            mismatch.append("kv_cache")
+        if mismatch:
+            raise DataError(f"{path} was extracted for another request ({', '.join(mismatch)}); "
+                            f"rerun the extract rule (snakemake reruns it when the config changed)")
+    return manifest
 
 
 class ActivationStore:
     """Random-access reader: padded batches of one layer's states (or KV caches) for chosen rows."""
 
-    def __init__(self, path: str | Path, check: bool = True):
+    def __init__(self, path: str | Path, check: bool = True, request: dict | None = None):
         self.path = Path(path)
-        self.manifest = require_intact(self.path) if check else read_manifest(self.path)
+        self.manifest = require_intact(self.path, request) if check else read_manifest(self.path)
         self.group = zarr.open_group(self.path, mode="r")
         self.offsets = self.group["offsets"][:]
         self.labels = torch.from_numpy(self.group["labels"][:])

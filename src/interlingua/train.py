@@ -110,8 +110,8 @@ def _save(path: Path, payload: dict, log: list[dict]) -> None:
 
 
 def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge_spec: dict, task: dict,
-                 train: dict, seed: int, device, dtype) -> Path:
-    store = ActivationStore(store_path)
+                 train: dict, seed: int, device, dtype, store_request: dict | None = None) -> Path:
+    store = ActivationStore(store_path, request=store_request)
     model = zoo.load_model(receiver_dir, device, dtype)
     receiver = Receiver(model, zoo.load_tokenizer(receiver_dir), task["verbalizers"])
     config = bridge_config(bridge_name, bridge_spec, store.hidden_size, model.get_input_embeddings().embedding_dim)
