@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from interlingua import zoo
@@ -26,7 +27,10 @@ def test_sequence_scoring_agrees_with_first_token_scoring_on_one_token_verbalize
         first = receiver.class_scores(embeds, mask)
         receiver.first_token_scoring = False
         full = receiver.class_scores(embeds, mask)
-    torch.testing.assert_close(first, full, atol=1e-4, rtol=1e-4)
+    # first-token scores are logits: the same up to one normaliser per example, so the same ranking
+    torch.testing.assert_close(first - first.logsumexp(-1, keepdim=True), full - full.logsumexp(-1, keepdim=True),
+                               atol=1e-4, rtol=1e-4)
+    assert torch.equal(first.argmax(-1), full.argmax(-1))
 
 
 def test_soft_prompt_layout(tiny_models):
@@ -36,3 +40,15 @@ def test_soft_prompt_layout(tiny_models):
     before = len(receiver.prefix_ids) + len(receiver.tokenizer("Review:", add_special_tokens=False)["input_ids"])
     assert torch.equal(embeds[:, before:before + 4], soft)
     assert mask.shape == embeds.shape[:2] and mask.all()
+
+
+@pytest.mark.parametrize("name, softcap", [("sender", None), ("receiver", None), ("receiver", 5.0)])
+def test_logits_match_the_model_forward(tiny_models, name, softcap):
+    model = zoo.load_model(tiny_models[name], torch.device("cpu"), torch.float32)
+    model.config.final_logit_softcapping = softcap
+    receiver = Receiver(model, zoo.load_tokenizer(tiny_models[name]), [" a", " b"])
+    embeds, mask = receiver.text_prompt(["x y z", "a longer prompt here"])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        reference = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, -3:]
+        torch.testing.assert_close(receiver._logits(embeds, mask, keep=3), reference, atol=1e-5, rtol=1e-5)
