@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -184,13 +185,15 @@ class StoreWriter:
         self._save_progress(self.written)
 
     def finish(self, manifest: dict) -> Path:
+        started = time.perf_counter()
         self._flush(final=True)
         if self.written != self.total:
             raise ValueError(f"store incomplete: {self.written} of {self.total} tokens written")
         (self.partial / PROGRESS).unlink()
         arrays = {name: {"logical_dtype": dtype} for name, dtype in self.logical.items()}
-        manifest = dict(manifest, rows=len(self.offsets) - 1, tokens=self.total, arrays=arrays,
-                        checksums=file_checksums(self.partial))
+        checksums = file_checksums(self.partial)
+        manifest = dict(manifest, rows=len(self.offsets) - 1, tokens=self.total, arrays=arrays, checksums=checksums,
+                        finalize_seconds=round(time.perf_counter() - started, 3))
         self.group.attrs["manifest"] = manifest
         if self.path.exists():
             shutil.rmtree(self.path)
