@@ -123,3 +123,12 @@ def test_missing_layer_is_a_clear_error(tmp_path):
     write_store(tmp_path / "s.zarr", [3])
     with pytest.raises(DataError, match="layer 7 not stored"):
         ActivationStore(tmp_path / "s.zarr").row_hidden(0, 7)
+
+
+def test_chunk_cache_returns_the_same_rows_and_respects_its_budget(tmp_path):
+    rows = write_store(tmp_path / "s.zarr", [7, 30, 12, 50, 3, 41, 22, 9, 60, 5], chunk_tokens=16)
+    store = ActivationStore(tmp_path / "s.zarr", cache_bytes=3 * 16 * 8 * 2)  # three decoded chunks
+    for _ in range(2):
+        for r in (9, 0, 3, 8, 3, 1):
+            assert torch.equal(store.row_hidden(r, 1), rows[r]["hidden/layer_1"].to(torch.bfloat16))
+    assert store._cached <= 3 * 16 * 8 * 2 or len(store._chunks) == 1

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -277,10 +278,16 @@ def require_intact(path: str | Path, request: dict | None = None) -> dict:
 class ActivationStore:
     """Random-access reader: padded batches of one layer's states (or KV caches) for chosen rows."""
 
-    def __init__(self, path: str | Path, check: bool = True, request: dict | None = None):
+    def __init__(self, path: str | Path, check: bool = True, request: dict | None = None,
+                 cache_bytes: int = 512 * 2**20):
         self.path = Path(path)
         self.manifest = require_intact(self.path, request) if check else read_manifest(self.path)
         self.group = zarr.open_group(self.path, mode="r")
+        # Decoded chunks, least recently used first: a row read decodes a whole compressed chunk, and
+        # training revisits every chunk each epoch, so keeping them turns ms reads into copies.
+        self._chunks: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._cache_bytes, self._cached = cache_bytes, 0
+        self._arrays: dict[str, zarr.Array] = {}
         self.offsets = self.group["offsets"][:]
         self.labels = torch.from_numpy(self.group["labels"][:])
         self.example_index = self.group["example_index"][:]
@@ -293,8 +300,32 @@ class ActivationStore:
     def hidden_size(self) -> int:
         return int(self.manifest["hidden_size"])
 
+    def _chunk(self, key: str, index: int) -> np.ndarray:
+        cached = self._chunks.get((key, index))
+        if cached is not None:
+            self._chunks.move_to_end((key, index))
+            return cached
+        array = self._array(key)
+        size = array.chunks[0]
+        chunk = array[index * size:(index + 1) * size]
+        self._chunks[(key, index)] = chunk
+        self._cached += chunk.nbytes
+        while self._cached > self._cache_bytes and len(self._chunks) > 1:
+            self._cached -= self._chunks.popitem(last=False)[1].nbytes
+        return chunk
+
+    def _array(self, key: str):
+        """Opened once: opening a Zarr array reads its metadata from disk."""
+        if key not in self._arrays:
+            self._arrays[key] = self.group[key]
+        return self._arrays[key]
+
     def _read(self, key: str, row: int) -> torch.Tensor:
-        raw = self.group[key][self.offsets[row]:self.offsets[row + 1]]
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        size = self._array(key).chunks[0]
+        pieces = [self._chunk(key, c)[max(start - c * size, 0):end - c * size]
+                  for c in range(start // size, (end - 1) // size + 1)] if end > start else []
+        raw = np.concatenate(pieces) if pieces else self._array(key)[start:end]
         return from_storage(raw, self.manifest["arrays"][key]["logical_dtype"])
 
     def row_tokens(self, row: int) -> np.ndarray:
