@@ -18,6 +18,8 @@ def main():
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--layers", type=int, nargs="+", default=[15])
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved runs of each; the best is kept "
+                        "(run-to-run noise here is about 10 %%, twice the target)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     device = torch.device("cpu")
@@ -55,7 +57,7 @@ def main():
 
         bare()  # warm-up
         t_bare, t_full = [], []
-        for index in range(3):  # interleaved, best of three each
+        for index in range(args.repeat):  # interleaved, best of each
             t_bare.append(bare())
             t_full.append(full(index))
         t_bare, t_full = min(t_bare), min(t_full)
