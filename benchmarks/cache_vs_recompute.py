@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from common import RECEIVER, SENDER, model_dir, report, rows, split_path, timed
+from common import RECEIVER, SENDER, model_dir, report, split_path, timed
 from interlingua import zoo
 from interlingua.bridges import bridge_config, build_bridge
 from interlingua.extract import decoder_of, extract, sender_states
@@ -25,7 +25,6 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(2)
     cpu = torch.device("cpu")
-    examples = rows("train", args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         subset = Path(tmp) / "train.jsonl"
         subset.write_text("".join(split_path("train").read_text().splitlines(keepends=True)[:args.rows]))

@@ -10,7 +10,6 @@ import copy
 import os
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
