@@ -65,7 +65,7 @@ def main():
 
         def step(states, mask, labels):
             soft = bridge(states, mask)
-            loss = receiver.label_loss(*receiver.soft_prompt(soft, INSTRUCTION), labels)
+            loss = receiver.label_loss(receiver.soft_prompt(soft, INSTRUCTION), labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -37,6 +37,11 @@ def test_smoke_config_merges_over_params():
     (lambda c: c["study"].update(tasks=["sst3"]), "study.tasks[0]"),
     (lambda c: c["bridges"]["perceiver"].update(source_layer=7), "bridges.perceiver.source_layer"),
     (lambda c: c["tasks"]["sst2"].update(verbalizers=[" no"] * 3), "tasks.sst2.verbalizers"),
+    (lambda c: c["tasks"]["sst2"].update(verbalizers=[" good", " good"]), "tasks.sst2.verbalizers"),
+    (lambda c: c["tasks"]["boolq"].update(label_values=[False, True, None]), "tasks.boolq.label_values[2]"),
+    (lambda c: c["tasks"]["boolq"].update(label_values=["no", "no"]), "tasks.boolq.label_values"),
+    (lambda c: c["tasks"]["boolq"]["holdout"].update(eval_rows=0), "tasks.boolq.holdout.eval_rows"),
+    (lambda c: c["tasks"]["boolq"]["holdout"].update(fraction=0.2), "tasks.boolq.holdout"),
 ])
 def test_bad_config_names_the_key(params, mutate, key):
     config = copy.deepcopy(params)
@@ -64,3 +69,57 @@ def test_missing_and_malformed_config_files(tmp_path):
     bad.write_text("models: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def _without(key):
+    return lambda task: task.pop(key)
+
+
+@pytest.mark.parametrize("task_name, mutate, key, message", [
+    ("boolq", lambda t: t.update(label_values=[False, True, "maybe"]), "tasks.boolq.label_values",
+     "3 label_values for 2 label_names"),
+    ("boolq", lambda t: t.update(text_field="question"), "tasks.boolq",
+     "give exactly one of text_field (one field of the row) or text_template"),
+    ("sst2", _without("text_field"), "tasks.sst2", "give exactly one of text_field"),
+    ("boolq", lambda t: t.update(text_template="Passage: {passage"), "tasks.boolq.text_template",
+     "not a valid str.format template"),
+    ("boolq", lambda t: t.update(text_template="Passage: {}"), "tasks.boolq.text_template",
+     "field {} is positional; name a field of the row"),
+    ("boolq", lambda t: t.update(text_template="{question.__class__}"), "tasks.boolq.text_template",
+     "uses attribute access"),
+    ("boolq", lambda t: t.update(text_template="no fields at all"), "tasks.boolq.text_template",
+     "the template names no field"),
+    ("boolq", lambda t: t.update(mirror="boolq/{split}.jsonl"), "tasks.boolq.mirror",
+     "with holdout, mirror names the one source file"),
+    ("boolq", _without("holdout"), "tasks.boolq.mirror",
+     "has no {split}, so train and eval would read the same rows"),
+    ("boolq", lambda t: t.update(hub_id="google/boolq"), "tasks.boolq.hub_id",
+     "cannot reproduce a holdout of the mirror file"),
+    ("piqa", lambda t: t.update(splits={"train": "validation", "eval": "validation"}), "tasks.piqa.splits",
+     "train and eval are both 'validation'"),
+])
+def test_bad_task_entry_names_the_key_and_the_problem(params, task_name, mutate, key, message):
+    config = copy.deepcopy(params)
+    mutate(config["tasks"][task_name])
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}': ") + ".*" + re.escape(message)):
+        validate_config(config)
+
+
+def test_task_entries_of_params(params):
+    tasks = params["tasks"]
+    assert {"sst2", "ag_news", "trec", "banking77", "boolq", "piqa", "commonsense_qa"} <= set(tasks)
+    assert len(tasks["banking77"]["label_names"]) == len(tasks["banking77"]["verbalizers"]) == 77
+    for name, task in tasks.items():
+        assert all(v.startswith(" ") for v in task["verbalizers"]), name
+        assert task["splits"]["train"] != task["splits"]["eval"], name
+
+
+def test_holdout_seed_defaults_to_zero(params):
+    config = copy.deepcopy(params)
+    config["tasks"]["piqa"]["holdout"] = {"eval_rows": 800}
+    assert validate_config(config)["tasks"]["piqa"]["holdout"] == {"eval_rows": 800, "seed": 0}
+
+
+def test_optional_task_keys_get_no_default(params):
+    """Unset keys stay absent, so existing tasks' workflow requests (and cached splits) do not change."""
+    assert not {"text_template", "label_values", "holdout"} & set(params["tasks"]["sst2"])

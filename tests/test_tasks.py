@@ -1,10 +1,16 @@
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
+from interlingua.config import load_config, load_schema, read_yaml
 from interlingua.errors import DataError
-from interlingua.tasks import materialize_split, read_split, subsample
+from interlingua.tasks import (ROLES, field_root, holdout_rows, materialize_split, read_jsonl, read_split, role_rows,
+                               subsample, template_fields)
 
-from conftest import write_jsonl
+from conftest import REPO, write_jsonl
 
 
 def test_materialize_writes_rows_and_content_hash(sst2_like_task, toy_mirror, tmp_path):
@@ -72,3 +78,190 @@ def test_hub_fallback_renames_fields_and_reports_both_failures(sst2_like_task, t
     with pytest.raises(DataError, match=r"dataset file not found: .*validation.jsonl, and the fallback hub "
                                         r"dataset 'someone/toy' split 'validation' could not be loaded: no network"):
         materialize_split("toy", task, tmp_path, "eval", tmp_path / "v.jsonl")
+
+
+# --- multi-field inputs (text_template) and raw labels (label_values) ----------------------------
+
+QUESTIONS = [("Where do fish live?", ["desert", "water", "sky"], "B"),
+             ("What melts in the sun?", ["ice", "stone", "glass"], "A"),
+             ("What do cows drink?", ["milk", "oil", "water"], "C")]
+
+
+@pytest.fixture
+def choice_task(sst2_like_task) -> dict:
+    """A CommonsenseQA-like task: question + nested choices, letter answers."""
+    task = {k: v for k, v in sst2_like_task.items() if k != "text_field"}
+    return dict(task, mirror="mc/{split}.jsonl", label_field="answerKey", label_names=["A", "B", "C"],
+                label_values=["A", "B", "C"], verbalizers=[" A", " B", " C"],
+                text_template="Q: {question}\nA: {choices[text][0]}\nB: {choices[text][1]}\nC: {choices[text][2]}")
+
+
+@pytest.fixture
+def choice_mirror(tmp_path) -> Path:
+    rows = [{"question": q, "choices": {"label": ["A", "B", "C"], "text": t}, "answerKey": k} for q, t, k in QUESTIONS]
+    write_jsonl(tmp_path / "mirror/mc/validation.jsonl", rows)
+    return tmp_path / "mirror"
+
+
+def test_text_template_renders_nested_fields_and_label_values_map_letters(choice_task, choice_mirror, tmp_path):
+    materialize_split("mc", choice_task, choice_mirror, "eval", tmp_path / "v.jsonl")
+    rows, _ = read_split(tmp_path / "v.jsonl")
+    assert rows[0] == {"index": 0, "label": 1,
+                       "text": "Q: Where do fish live?\nA: desert\nB: water\nC: sky"}
+    assert [r["label"] for r in rows] == [1, 0, 2]
+
+
+def test_boolean_labels_map_by_type_and_value(sst2_like_task, tmp_path):
+    task = dict(sst2_like_task, mirror="yn/{split}.jsonl", label_field="answer", label_values=[False, True],
+                text_field="question")
+    path = write_jsonl(tmp_path / "yn/validation.jsonl", [{"question": "is it?", "answer": True},
+                                                          {"question": "is it not?", "answer": False}])
+    materialize_split("yn", task, tmp_path, "eval", tmp_path / "v.jsonl")
+    assert [r["label"] for r in read_split(tmp_path / "v.jsonl")[0]] == [1, 0]
+    # JSON 1 equals Python True, but it is not a listed value: a silent match would hide a wrong field.
+    write_jsonl(path, [{"question": "is it?", "answer": True}, {"question": "x", "answer": 1}])
+    with pytest.raises(DataError, match=re.escape("validation.jsonl:2: label 1 in field 'answer' is not one of "
+                                                  "label_values [false, true]")):
+        materialize_split("yn", task, tmp_path, "eval", tmp_path / "v.jsonl")
+
+
+@pytest.mark.parametrize("broken, message", [
+    ({"choices": {"label": ["A"], "text": ["a", "b", "c"]}, "answerKey": "A"}, "missing field 'question'"),
+    ({"question": "q", "choices": {"text": ["a", "b"]}, "answerKey": "A"},
+     "text_template field 'choices[text][2]' cannot be looked up in this row (IndexError"),
+    ({"question": "q", "choices": ["a", "b", "c"], "answerKey": "A"},
+     "text_template field 'choices[text][0]' cannot be looked up in this row (TypeError"),
+    ({"question": " ", "choices": {"text": ["a", "b", "c"]}, "answerKey": "A"}, "field 'question' is empty"),
+    ({"question": "q", "choices": {"text": ["a", 7, "c"]}, "answerKey": "A"},
+     "field 'choices[text][1]' is empty or not a string"),
+    ({"question": "q", "choices": {"text": ["a", "b", "c"]}}, "missing field 'answerKey'"),
+    ({"question": "q", "choices": {"text": ["a", "b", "c"]}, "answerKey": "D"},
+     "label \"D\" in field 'answerKey' is not one of label_values [\"A\", \"B\", \"C\"]"),
+])
+def test_bad_row_names_line_and_field(choice_task, choice_mirror, tmp_path, broken, message):
+    path = choice_mirror / "mc/validation.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = json.dumps(broken)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: {message}")):
+        materialize_split("mc", choice_task, choice_mirror, "eval", tmp_path / "v.jsonl")
+
+
+def test_template_fields_and_roots():
+    fields = template_fields("Q: {question}\n{choices[text][0]!r} {{literal}} {n:>4}")
+    assert fields == ["question", "choices[text][0]", "n"]
+    assert [field_root(f) for f in fields] == ["question", "choices", "n"]
+    with pytest.raises(ValueError):
+        template_fields("Q: {question")
+
+
+# --- holdout: one source file, two disjoint roles --------------------------------------------------
+
+PINNED_EVAL_ROWS = [4, 7, 9]  # first 3 of rows 0..9 ranked by sha256("0:<row>")
+
+
+def test_holdout_partitions_disjoint_covering_and_stable():
+    holdout = {"eval_rows": 30, "seed": 0}
+    train, test = holdout_rows("t", holdout, 100, "train"), holdout_rows("t", holdout, 100, "eval")
+    assert len(test) == 30 and len(train) == 70
+    assert not set(train) & set(test) and sorted(train + test) == list(range(100))
+    assert train == sorted(train) and test == sorted(test)
+    assert holdout_rows("t", holdout, 100, "eval") == test                       # same call, same rows
+    assert holdout_rows("t", {"eval_rows": 30, "seed": 1}, 100, "eval") != test  # the seed draws anew
+    # Pinned: sha256 ranking, so the partition cannot drift with Python's random module or the platform.
+    assert holdout_rows("t", {"eval_rows": 3, "seed": 0}, 10, "eval") == PINNED_EVAL_ROWS
+
+
+def test_holdout_then_subsample_stays_inside_the_role(sst2_like_task):
+    task = dict(sst2_like_task, holdout={"eval_rows": 40, "seed": 3}, subsample={"train": 25, "eval": 10})
+    train, test = role_rows("t", task, 100, "train"), role_rows("t", task, 100, "eval")
+    assert len(train) == 25 and len(test) == 10
+    assert set(test) <= set(holdout_rows("t", task["holdout"], 100, "eval"))
+    assert set(train) <= set(holdout_rows("t", task["holdout"], 100, "train"))
+    assert role_rows("t", task, 100, "train") == train
+
+
+def test_holdout_materializes_disjoint_splits_from_one_file(sst2_like_task, tmp_path):
+    write_jsonl(tmp_path / "one/validation.jsonl", [{"text": f"row {i}", "label": i % 2} for i in range(20)])
+    task = dict(sst2_like_task, mirror="one/validation.jsonl", splits={"train": "train", "eval": "test"},
+                holdout={"eval_rows": 5, "seed": 0})
+    metas = {role: materialize_split("one", task, tmp_path, role, tmp_path / f"out/{role}.jsonl") for role in ROLES}
+    rows = {role: read_split(tmp_path / f"out/{role}.jsonl")[0] for role in ROLES}
+    indices = {role: [r["index"] for r in rows[role]] for role in ROLES}
+    assert sorted(indices["train"] + indices["eval"]) == list(range(20))
+    assert all(r["text"] == f"row {r['index']}" for role in ROLES for r in rows[role])  # index = source row
+    assert metas["eval"]["holdout"] == {"eval_rows": 5, "seed": 0} and metas["eval"]["split"] == "test"
+
+
+def test_holdout_must_leave_training_rows(sst2_like_task, toy_mirror, tmp_path):
+    task = dict(sst2_like_task, mirror="toy/validation.jsonl", holdout={"eval_rows": 8, "seed": 0})
+    with pytest.raises(DataError, match=r"task 'toy': holdout.eval_rows = 8 must be between 1 and 7 "
+                                        r"\(the source has 8 rows"):
+        materialize_split("toy", task, toy_mirror, "train", tmp_path / "t.jsonl")
+
+
+def test_workflow_request_keeps_every_row_deciding_key():
+    """A task key that decides a split's rows must reach the materialize job's request (common.smk)."""
+    keep = re.search(r"keep = \((.*?)\)", (REPO / "workflow/rules/common.smk").read_text(), re.S).group(1)
+    task_keys = set(load_schema()["properties"]["tasks"]["additionalProperties"]["properties"])
+    per_role_or_prompt_only = {"splits", "subsample", "verbalizers", "prompts"}  # added per role / not rows
+    assert task_keys - per_role_or_prompt_only <= set(re.findall(r'"(\w+)"', keep))
+
+
+# --- the real task entries of params.yaml, against the shared datasets mirror ----------------------
+
+PARAMS_TASKS = sorted(read_yaml(REPO / "params.yaml")["tasks"])  # listed at collection, validated below
+
+
+@pytest.fixture(scope="module")
+def real_config():
+    config = load_config(REPO / "params.yaml")
+    if not Path(config["paths"]["datasets"], "MANIFEST.json").exists():
+        pytest.skip(f"datasets mirror not found at {config['paths']['datasets']}")
+    return config
+
+
+def expected_rows(task: dict, manifest: dict, role: str) -> int:
+    """Rows a role should get, from MANIFEST.json row counts: holdout part, then subsample."""
+    files = {s["file"]: s["rows"] for d in manifest["datasets"].values() for s in d["splits"].values()}
+    source = files[task["mirror"].format(split=task["splits"][role])]
+    if "holdout" in task:
+        held = task["holdout"]["eval_rows"]
+        source = held if role == "eval" else source - held
+    size = task["subsample"][role]
+    return source if size is None else min(size, source)
+
+
+@pytest.mark.parametrize("name", PARAMS_TASKS)
+def test_params_task_materializes_from_the_mirror(real_config, name, tmp_path):
+    task, datasets = real_config["tasks"][name], real_config["paths"]["datasets"]
+    manifest = json.loads(Path(datasets, "MANIFEST.json").read_text())
+    indices = {}
+    for role in ROLES:
+        out = tmp_path / f"{task['splits'][role]}.jsonl"
+        meta = materialize_split(name, task, datasets, role, out)
+        rows, _ = read_split(out)
+        assert meta["rows"] == len(rows) == expected_rows(task, manifest, role)
+        assert all(0 <= r["label"] < len(task["label_names"]) and r["text"].strip() for r in rows)
+        indices[role] = [r["index"] for r in rows]
+        assert indices[role] == sorted(set(indices[role]))
+    if "holdout" in task:
+        assert not set(indices["train"]) & set(indices["eval"])
+
+
+def test_real_multi_field_tasks_render_the_source_rows(real_config, tmp_path):
+    datasets = Path(real_config["paths"]["datasets"])
+    tasks = real_config["tasks"]
+    boolq_source = read_jsonl(datasets / "boolq/validation.jsonl")
+    materialize_split("boolq", tasks["boolq"], datasets, "eval", tmp_path / "boolq.jsonl")
+    for row in read_split(tmp_path / "boolq.jsonl")[0][:20]:
+        source = boolq_source[row["index"]]
+        assert row["label"] == int(source["answer"])
+        assert row["text"] == f"Passage: {source['passage']}\nQuestion: {source['question']}?"
+    # The template reads choices by position, so the letters must be A-E in order in every row.
+    for split in ("train", "validation"):
+        assert all(r["choices"]["label"] == tasks["commonsense_qa"]["label_values"]
+                   for r in read_jsonl(datasets / f"commonsense_qa/{split}.jsonl"))
+    materialize_split("ag_news", tasks["ag_news"], datasets, "eval", tmp_path / "ag.jsonl")
+    ag_source = read_jsonl(datasets / "ag_news/test.jsonl")
+    assert all(r["text"] == ag_source[r["index"]]["description"] for r in read_split(tmp_path / "ag.jsonl")[0])

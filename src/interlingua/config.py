@@ -1,7 +1,8 @@
 """Load, validate and resolve the one config (params.yaml plus optional overrides).
 
 Validation fills the schema defaults, then checks what a schema cannot express
-(aliases referenced by the study exist, bridge layers were extracted), so every
+(aliases referenced by the study exist, bridge layers were extracted, a task's lists
+agree in length and its text template is usable), so every
 mistake is reported before any heavy work, with the key that is wrong.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
+from .tasks import field_root, template_fields
 
 SCHEMA_PATH = Path(str(files("interlingua").joinpath("schemas/config.schema.yaml")))
 DATASETS_ENV = "INTERLINGUA_DATASETS"
@@ -119,11 +121,7 @@ def _check_references(config: dict) -> None:
         for i, model in enumerate(study[key]):
             _require("model alias", model, models, f"study.{key}[{i}]")
     for name, task in tasks.items():
-        if len(task["verbalizers"]) != len(task["label_names"]):
-            raise ConfigError(
-                f"config key 'tasks.{name}.verbalizers': {len(task['verbalizers'])} verbalizers "
-                f"for {len(task['label_names'])} label_names"
-            )
+        _check_task(name, task)
     layers = config["extract"]["layers"]
     for name, bridge in bridges.items():
         layer = bridge.get("source_layer", max(layers))
@@ -132,3 +130,56 @@ def _check_references(config: dict) -> None:
                 f"config key 'bridges.{name}.source_layer': layer {layer} is not extracted "
                 f"(extract.layers = {layers}); add it there"
             )
+
+
+def _check_task(name: str, task: dict) -> None:
+    key = f"tasks.{name}"
+    n_labels = len(task["label_names"])
+    for list_key in ("verbalizers", "label_values"):
+        if list_key in task and len(task[list_key]) != n_labels:
+            raise ConfigError(f"config key '{key}.{list_key}': {len(task[list_key])} {list_key} "
+                              f"for {n_labels} label_names")
+    duplicates = sorted({v for v in task["verbalizers"] if task["verbalizers"].count(v) > 1})
+    if duplicates:
+        raise ConfigError(f"config key '{key}.verbalizers': {duplicates} appear more than once "
+                          "(the receiver could not tell those labels apart)")
+    if ("text_field" in task) == ("text_template" in task):
+        raise ConfigError(f"config key '{key}': give exactly one of text_field (one field of the row) "
+                          "or text_template (a str.format template over the row)")
+    if "text_template" in task:
+        _check_template(f"{key}.text_template", task["text_template"])
+    _check_splits(key, task)
+
+
+def _check_template(key: str, template: str) -> None:
+    try:
+        fields = template_fields(template)
+    except ValueError as exc:
+        raise ConfigError(f"config key '{key}': not a valid str.format template ({exc}); "
+                          "write a literal brace as {{ or }}") from None
+    if not fields:
+        raise ConfigError(f"config key '{key}': the template names no field, e.g. {{question}}")
+    for field in fields:
+        if not field_root(field) or field_root(field).isdigit():
+            raise ConfigError(f"config key '{key}': field {{{field}}} is positional; name a field of the row")
+        if "." in field:  # attribute access would reach Python objects, not the JSON row
+            raise ConfigError(f"config key '{key}': field {{{field}}} uses attribute access; "
+                              "index instead, e.g. {choices[text][0]}")
+
+
+def _check_splits(key: str, task: dict) -> None:
+    """Each role needs its own split name (files are named by it) and its own rows."""
+    splits = task["splits"]
+    if splits["train"] == splits["eval"]:
+        raise ConfigError(f"config key '{key}.splits': train and eval are both '{splits['train']}'; "
+                          "materialized files are named by split, so give the roles distinct names")
+    per_split = "{split}" in task["mirror"]
+    if "holdout" in task and per_split:
+        raise ConfigError(f"config key '{key}.mirror': with holdout, mirror names the one source file "
+                          f"that is split in two; drop {{split}} from '{task['mirror']}'")
+    if "holdout" not in task and not per_split:
+        raise ConfigError(f"config key '{key}.mirror': '{task['mirror']}' has no {{split}}, so train and "
+                          "eval would read the same rows; add {split} or set holdout to split the file")
+    if "holdout" in task and "hub_id" in task:
+        raise ConfigError(f"config key '{key}.hub_id': the hub fallback reads hub splits by name, which "
+                          "cannot reproduce a holdout of the mirror file; remove hub_id or holdout")

@@ -34,11 +34,11 @@ def derangement(n: int, seed: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict(receiver: Receiver, prompts, n: int, batch_size: int, desc: str) -> torch.Tensor:
-    """Predicted class per example; prompts(rows) -> (embeds, mask)."""
+    """Predicted class per example; prompts(rows) -> Prompt."""
     predictions = []
     for start in tqdm(range(0, n, batch_size), desc=desc, leave=False):
         rows = list(range(start, min(n, start + batch_size)))
-        predictions.append(receiver.class_scores(*prompts(rows)).argmax(-1).cpu())
+        predictions.append(receiver.class_scores(prompts(rows)).argmax(-1).cpu())
     return torch.cat(predictions)
 
 

@@ -1,19 +1,27 @@
 """Task registry: a config entry says where a task's data lives and how to prompt for it.
 
 Rows are read from the local mirror (`<datasets>/<mirror with {split}>`), else from the
-hub dataset id. Materializing a split validates every row, takes the seeded subsample,
-and writes `data/tasks/<task>/<role>.jsonl` plus a meta file with its content hash.
+hub dataset id. A task whose source has one labelled file only (BoolQ, PIQA) names that file
+in `mirror` and sets `holdout`, which partitions it deterministically into train and eval rows.
+Materializing a split validates every row, renders its text (`text_field`, or `text_template`
+over the raw row), maps its label (an index, or through `label_values`), takes the seeded
+subsample, and writes `data/tasks/<task>/<split>.jsonl` as {index, text, label} lines (index =
+row number in the source file) plus a meta file with its content hash.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
+import string
 from pathlib import Path
 
 from .errors import DataError
 from .fingerprint import file_sha256
 
 ROLES = ("train", "eval")
+_FORMATTER = string.Formatter()
 
 
 def mirror_path(task: dict, datasets_dir: str | Path, role: str) -> Path:
@@ -51,7 +59,7 @@ def _read_hub(task: dict, role: str, missing: Path) -> list[dict]:
 
 
 def load_rows(name: str, task: dict, datasets_dir: str | Path, role: str) -> tuple[list[dict], str]:
-    """Rows of one split role and a description of where they came from."""
+    """Every source row of one split role as {text, label}, and a description of where they came from."""
     path = mirror_path(task, datasets_dir, role)
     if path.exists():
         rows, origin = read_jsonl(path), str(path)
@@ -62,52 +70,135 @@ def load_rows(name: str, task: dict, datasets_dir: str | Path, role: str) -> tup
             f"task '{name}': dataset file not found: {path} (set paths.datasets or "
             f"INTERLINGUA_DATASETS to the mirror directory, or give tasks.{name}.hub_id)"
         )
-    validate_rows(name, task, rows, origin)
-    return rows, origin
+    return examples(name, task, rows, origin), origin
 
 
-def validate_rows(name: str, task: dict, rows: list[dict], origin: str) -> None:
+def examples(name: str, task: dict, rows: list[dict], origin: str) -> list[dict]:
+    """Validate every row and turn it into {text, label}; errors name the row and the field."""
     if not rows:
         raise DataError(f"task '{name}': split is empty: {origin}")
-    n_labels = len(task["label_names"])
+    out = []
     for index, row in enumerate(rows):
         where = f"{origin}:{index + 1}" if not origin.startswith("hub:") else f"{origin} row {index}"
-        for field in (task["text_field"], task["label_field"]):
-            if field not in row:
-                raise DataError(f"{where}: missing field '{field}'")
-        label = row[task["label_field"]]
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n_labels:
-            raise DataError(
-                f"{where}: label {label!r} is outside the label list {task['label_names']} "
-                f"(expected an integer 0..{n_labels - 1})"
-            )
-        if not isinstance(row[task["text_field"]], str) or not row[task["text_field"]].strip():
-            raise DataError(f"{where}: field '{task['text_field']}' is empty or not a string")
+        out.append({"text": row_text(task, row, where), "label": row_label(task, row, where)})
+    return out
 
 
-def subsample(rows: list[dict], size: int | None, seed: int) -> list[int]:
+# --- text: one field, or a str.format template over the raw row ---------------------------------
+
+def template_fields(template: str) -> list[str]:
+    """Replacement fields of a str.format template, e.g. ['question', 'choices[text][0]'].
+
+    Raises ValueError when the template is malformed (an unmatched brace).
+    """
+    return [field for _, field, _, _ in _FORMATTER.parse(template) if field is not None]
+
+
+def field_root(field: str) -> str:
+    """The row key a template field starts from: 'choices[text][0]' -> 'choices'."""
+    return re.split(r"[.\[]", field, maxsplit=1)[0]
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def row_text(task: dict, row: dict, where: str) -> str:
+    if "text_template" not in task:
+        field = task["text_field"]
+        if field not in row:
+            raise DataError(f"{where}: missing field '{field}'")
+        if not _is_text(row[field]):
+            raise DataError(f"{where}: field '{field}' is empty or not a string")
+        return row[field]
+    # Check each field first, so a bad row names the field rather than failing inside format().
+    for field in template_fields(task["text_template"]):
+        if field_root(field) not in row:
+            raise DataError(f"{where}: missing field '{field_root(field)}' (used by text_template as {{{field}}})")
+        try:
+            value, _ = _FORMATTER.get_field(field, (), row)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise DataError(f"{where}: text_template field '{field}' cannot be looked up in this row "
+                            f"({type(exc).__name__}: {exc})") from None
+        if not _is_text(value):
+            raise DataError(f"{where}: field '{field}' is empty or not a string")
+    return task["text_template"].format_map(row)
+
+
+# --- label: an integer index, or a raw value looked up in label_values --------------------------
+
+def row_label(task: dict, row: dict, where: str) -> int:
+    field = task["label_field"]
+    if field not in row:
+        raise DataError(f"{where}: missing field '{field}'")
+    label = row[field]
+    if "label_values" in task:
+        return _label_index(task["label_values"], label, field, where)
+    n_labels = len(task["label_names"])
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n_labels:
+        raise DataError(
+            f"{where}: label {label!r} is outside the label list {task['label_names']} "
+            f"(expected an integer 0..{n_labels - 1})"
+        )
+    return label
+
+
+def _label_index(values: list, label, field: str, where: str) -> int:
+    for index, value in enumerate(values):
+        if type(value) is type(label) and value == label:  # type too: JSON true is not 1
+            return index
+    raise DataError(f"{where}: label {json.dumps(label, default=repr)} in field '{field}' is not one of "
+                    f"label_values {json.dumps(values)}")
+
+
+# --- which source rows a role gets ---------------------------------------------------------------
+
+def holdout_order(n_rows: int, seed: int) -> list[int]:
+    """Row numbers ranked by sha256("<seed>:<row>"): the same on every machine and Python version."""
+    return sorted(range(n_rows), key=lambda row: hashlib.sha256(f"{seed}:{row}".encode()).digest())
+
+
+def holdout_rows(name: str, holdout: dict, n_rows: int, role: str) -> list[int]:
+    """Rows of `role` when one file serves both roles: the first eval_rows of the ranking are eval."""
+    eval_rows = holdout["eval_rows"]
+    if not 0 < eval_rows < n_rows:
+        raise DataError(f"task '{name}': holdout.eval_rows = {eval_rows} must be between 1 and "
+                        f"{n_rows - 1} (the source has {n_rows} rows; the rest are training rows)")
+    order = holdout_order(n_rows, holdout.get("seed", 0))
+    return sorted(order[:eval_rows] if role == "eval" else order[eval_rows:])
+
+
+def subsample(rows: list, size: int | None, seed: int) -> list[int]:
     """Indices of a seeded subset, kept in the original order (all rows when size is None)."""
     if size is None or size >= len(rows):
         return list(range(len(rows)))
     return sorted(random.Random(seed).sample(range(len(rows)), size))
 
 
+def role_rows(name: str, task: dict, n_rows: int, role: str) -> list[int]:
+    """Source row numbers materialized for `role`: its holdout part (if any), then the subsample."""
+    candidates = holdout_rows(name, task["holdout"], n_rows, role) if "holdout" in task else list(range(n_rows))
+    picked = subsample(candidates, task["subsample"].get(role), task["subsample_seed"])
+    return [candidates[i] for i in picked]
+
+
 def materialize_split(name: str, task: dict, datasets_dir: str | Path, role: str, out_path: str | Path,
                       request: dict | None = None) -> dict:
     """Write the validated, subsampled split as {index, text, label} lines; return its meta."""
     rows, origin = load_rows(name, task, datasets_dir, role)
-    keep = subsample(rows, task["subsample"].get(role), task["subsample_seed"])
+    keep = role_rows(name, task, len(rows), role)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         for index in keep:
-            row = rows[index]
-            record = {"index": index, "text": row[task["text_field"]], "label": row[task["label_field"]]}
+            record = {"index": index, "text": rows[index]["text"], "label": rows[index]["label"]}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(out_path)
     meta = {"task": name, "role": role, "split": task["splits"][role], "origin": origin,
             "rows": len(keep), "source_rows": len(rows), "content_sha256": file_sha256(out_path)}
+    if "holdout" in task:
+        meta["holdout"] = task["holdout"]
     if request is not None:
         meta["request"] = request  # lets the workflow tell a current split from a stale one
     meta_path(out_path).write_text(json.dumps(meta, indent=2))

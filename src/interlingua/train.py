@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import zoo
-from .bridges import bridge_config, build_bridge
+from .bridges import bridge_config, build_bridge, is_trainable
 from .errors import DataError
 from .fingerprint import fingerprint
 from .receiver import Receiver, diversity_penalty, embedding_rms
@@ -71,8 +71,8 @@ def fit(module: nn.Module, soft_tokens, labels: torch.Tensor, receiver: Receiver
     bar = tqdm(plan[start:], total=train["steps"], initial=start, desc=desc)
     for step, rows in enumerate(bar, start=start):
         soft = soft_tokens(rows)                                     # (B, M, d_r)
-        embeds, mask = receiver.soft_prompt(soft, instruction)       # (B, P, d_r)
-        ce = receiver.label_loss(embeds, mask, labels[rows])
+        prompt = receiver.soft_prompt(soft, instruction)             # embeds (B, M + A, d_r)
+        ce = receiver.label_loss(prompt, labels[rows])
         diversity = diversity_penalty(soft)
         loss = ce + diversity_weight * diversity
         optimizer.zero_grad(set_to_none=True)
@@ -129,9 +129,11 @@ def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge
     run_fp = fingerprint({"store": store.manifest["fingerprint"], "bridge": bridge_spec, "train": train,
                           "seed": seed, "task": task["prompts"], "receiver": receiver_fp})
     started = time.perf_counter()
-    log = fit(bridge, soft_tokens, store.labels, receiver, task["prompts"]["instruction"], train, train["lr"],
-              seed, train["diversity_weight"], desc=f"train {bridge_name}",
-              resume_path=resume_path_for(Path(out_path)), run_key=run_fp)
+    log = []  # a fixed, non-learned bridge (identity) is calibrated, not trained
+    if is_trainable(bridge):
+        log = fit(bridge, soft_tokens, store.labels, receiver, task["prompts"]["instruction"], train, train["lr"],
+                  seed, train["diversity_weight"], desc=f"train {bridge_name}",
+                  resume_path=resume_path_for(Path(out_path)), run_key=run_fp)
     payload = {"kind": "bridge", "type": bridge_spec["type"], "config": dataclasses.asdict(config),
                "state_dict": bridge.state_dict(), "store_fingerprint": store.manifest["fingerprint"],
                "receiver": receiver_fp, "seed": seed, "seconds": time.perf_counter() - started,

@@ -56,7 +56,8 @@ def task_role(wildcards):
 
 def task_source_spec(task, role):
     """Only what decides a split's rows: prompt edits must not re-materialize (and re-extract)."""
-    keep = ("mirror", "hub_id", "hub_config", "hub_fields", "text_field", "label_field", "label_names", "subsample_seed")
+    keep = ("mirror", "hub_id", "hub_config", "hub_fields", "text_field", "text_template", "label_field", "label_values",
+            "label_names", "holdout", "subsample_seed")
     source = {key: task[key] for key in keep if key in task}
     source_file = mirror_path(task, config["paths"]["datasets"], role)
     return dict(source, splits={role: task["splits"][role]}, subsample={role: task["subsample"][role]},

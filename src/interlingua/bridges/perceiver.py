@@ -47,6 +47,8 @@ class CrossAttentionBlock(nn.Module):
 
 
 class PerceiverResampler(nn.Module):
+    trainable = True
+
     def __init__(self, config: PerceiverConfig):
         super().__init__()
         self.config = config
