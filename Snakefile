@@ -17,6 +17,8 @@ include: "workflow/rules/tasks.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/speed.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/targets.smk"
 

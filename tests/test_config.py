@@ -22,7 +22,7 @@ def test_default_config_is_valid_and_fills_defaults(params):
 
 def test_smoke_config_merges_over_params():
     config = load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")
-    assert config["study"]["pairs"] == [{"sender": "tiny_llama", "receiver": "tiny_gemma3"}]
+    assert config["study"]["pairs"][0] == {"sender": "tiny_llama", "receiver": "tiny_gemma3"}
     assert config["tasks"]["sst2"]["subsample"] == {"train": 48, "eval": 32}
     assert config["tasks"]["sst2"]["verbalizers"] == [" negative", " positive"]  # kept from params.yaml
 
@@ -35,7 +35,7 @@ def test_smoke_config_merges_over_params():
     (lambda c: c["tasks"]["sst2"]["prompts"].update(text="no placeholder"), "tasks.sst2.prompts.text"),
     (lambda c: c["study"]["pairs"][0].update(sender="llama9"), "study.pairs[0].sender"),
     (lambda c: c["study"].update(tasks=["sst3"]), "study.tasks[0]"),
-    (lambda c: c["bridges"]["perceiver"].update(source_layer=7), "bridges.perceiver.source_layer"),
+    (lambda c: c["bridges"]["perceiver"].update(widht=7), "bridges.perceiver"),
     (lambda c: c["tasks"]["sst2"].update(verbalizers=[" no"] * 3), "tasks.sst2.verbalizers"),
     (lambda c: c["tasks"]["sst2"].update(verbalizers=[" good", " good"]), "tasks.sst2.verbalizers"),
     (lambda c: c["tasks"]["boolq"].update(label_values=[False, True, None]), "tasks.boolq.label_values[2]"),

@@ -35,6 +35,9 @@ def make_project(path: Path) -> None:
             (path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, path / name, follow_symlinks=False)
     smoke = deep_merge(read_yaml(REPO / "params.yaml"), read_yaml(REPO / "config/smoke.yaml"))
+    # Sharing is about the activations: one task and direction is enough (the smoke DAG test runs the rest).
+    smoke["study"] = {"tasks": ["sst2"], "pairs": smoke["study"]["pairs"][:1], "bridges": ["perceiver"],
+                      "seeds": [0], "speed": {"tasks": ["sst2"]}}
     smoke.setdefault("paths", {})["datasets"] = str((REPO / "../shared/datasets").resolve())
     (path / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
 

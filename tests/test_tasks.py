@@ -204,7 +204,8 @@ def test_workflow_request_keeps_every_row_deciding_key():
     """A task key that decides a split's rows must reach the materialize job's request (common.smk)."""
     keep = re.search(r"keep = \((.*?)\)", (REPO / "workflow/rules/common.smk").read_text(), re.S).group(1)
     task_keys = set(load_schema()["properties"]["tasks"]["additionalProperties"]["properties"])
-    per_role_or_prompt_only = {"splits", "subsample", "verbalizers", "prompts"}  # added per role / not rows
+    # added per role, or not about rows (prompts, training overrides)
+    per_role_or_prompt_only = {"splits", "subsample", "verbalizers", "prompts", "overrides"}
     assert task_keys - per_role_or_prompt_only <= set(re.findall(r'"(\w+)"', keep))
 
 

@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from conftest import REPO
+from interlingua import study
+from interlingua.config import load_config
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
@@ -36,17 +38,26 @@ def smoke_run(tmp_path_factory) -> Path:
     return workdir
 
 
-def test_smoke_dag_writes_table_and_figure(smoke_run):
-    for name in ("figures/table_main.md", "figures/table_main.tex", "figures/fig_bridge_vs_baselines.png"):
+def test_smoke_dag_writes_every_table_and_figure(smoke_run):
+    config = load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")
+    for name in study.study_figures(config) + ["figures/README.md"]:
         assert (smoke_run / name).stat().st_size > 0, name
     results = pd.read_csv(smoke_run / "results/results.csv", keep_default_na=False)
     accuracy = results[results.metric == "accuracy"]
-    assert set(accuracy.method) == {"zero_shot", "prompt_tuning", "bridge"}
-    assert set(accuracy.variant) == {"", "shuffled_source", "zero_source"}
-    assert accuracy.value.between(0, 1).all() and (accuracy.n == 32).all()
+    assert set(accuracy.method) == {"random", "zero_shot", "few_shot", "prompt_tuning", "text_relay", "cot_relay",
+                                    "bridge", "lora", "finetune_last1"}
+    assert set(accuracy.variant) == {"", "2_shot", "shuffled_source", "zero_source"}
+    assert accuracy.value.between(0, 1).all()
+    sst2 = accuracy[(accuracy.task == "sst2") & ~accuracy.method.str.endswith("relay")]
+    assert (sst2.n == 32).all() and (accuracy[accuracy.method == "text_relay"].n == 8).all()
     assert accuracy.fingerprint.str.len().min() > 8
     table = (smoke_run / "figures/table_main.md").read_text()
     assert "bridge tiny_llama -> tiny_gemma3 (perceiver)" in table and "shuffled-source control" in table
+    for name, expected in [("table1_architectures", "diffusion"), ("table7_token_scaling", "soft tokens M"),
+                           ("table10_hyperparameters", "source_layer = 1"), ("table6_same_vs_cross", "same model"),
+                           ("table4_finetuning", "LoRA"), ("table3_latency", "latency_sender_encode_seconds"),
+                           ("table5_throughput", "batch16"), ("table9_reasoning", "piqa")]:
+        assert expected in (smoke_run / f"figures/{name}.md").read_text(), name
     stores = list((smoke_run / "data/activations/tiny_llama/sst2").glob("*.zarr"))
     assert sorted(p.name for p in stores) == ["train.zarr", "validation.zarr"]
 

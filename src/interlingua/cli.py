@@ -69,11 +69,32 @@ def cmd_train_prompt_tuning(args):
                         prompt_tuning=spec["prompt_tuning"], seed=args.seed, device=device, dtype=dtype)
 
 
+def cmd_train_finetune(args):
+    from .finetune import train_finetune
+    spec, device, dtype = _runtime(args)
+    train_finetune(args.split, args.receiver_dir, args.out, task=spec["task"], train=spec["train"],
+                   finetune=spec["finetune"], seed=args.seed, device=device, dtype=dtype)
+
+
+def cmd_eval_finetune(args):
+    from .finetune import evaluate_finetune
+    spec, device, dtype = _runtime(args)
+    evaluate_finetune(args.split, args.receiver_dir, args.checkpoint, args.out, task_name=args.task,
+                      task=spec["task"], receiver_alias=args.receiver, batch_size=spec["batch_size"],
+                      device=device, dtype=dtype)
+
+
 def cmd_eval_zero_shot(args):
     from .evaluate import evaluate_zero_shot
     spec, device, dtype = _runtime(args)
     evaluate_zero_shot(args.split, args.model_dir, args.out, task_name=args.task, task=spec["task"],
                        model_alias=args.alias, batch_size=spec["batch_size"], device=device, dtype=dtype)
+
+
+def cmd_eval_random(args):
+    from .evaluate import evaluate_random
+    spec, _, _ = _runtime(args)
+    evaluate_random(args.split, args.out, task_name=args.task, task=spec["task"], seeds=spec["seeds"])
 
 
 def cmd_eval_bridge(args):
@@ -92,6 +113,64 @@ def cmd_eval_prompt_tuning(args):
                            device=device, dtype=dtype)
 
 
+def cmd_eval_few_shot(args):
+    from .few_shot import evaluate_few_shot
+    spec, device, dtype = _runtime(args)
+    evaluate_few_shot(args.train_split, args.split, args.model_dir, args.out, task_name=args.task, task=spec["task"],
+                      model_alias=args.alias, shots=spec["few_shot"]["shots"], seed=args.seed,
+                      batch_size=spec["batch_size"], device=device, dtype=dtype)
+
+
+def cmd_generate_relay(args):
+    from .relay import generate_relay
+    spec, device, dtype = _runtime(args)
+    generate_relay(args.sender_dir, args.split, args.out, task=spec["task"], mode=args.mode,
+                   max_new_tokens=spec["relay"]["max_new_tokens"], batch_size=spec["batch_size"],
+                   device=device, dtype=dtype, eval_rows=spec["relay"].get("eval_rows"))
+
+
+def cmd_eval_relay(args):
+    from .relay import evaluate_relay
+    spec, device, dtype = _runtime(args)
+    evaluate_relay(args.relay, args.split, args.receiver_dir, args.out, task_name=args.task, task=spec["task"],
+                   mode=args.mode, sender_alias=args.sender, receiver_alias=args.receiver,
+                   batch_size=spec["batch_size"], device=device, dtype=dtype,
+                   eval_rows=spec["relay"].get("eval_rows"))
+
+
+def _speed_kwargs(args, spec, device, dtype) -> dict:
+    return dict(task_name=args.task, task=spec["task"], sender_alias=args.sender, receiver_alias=args.receiver,
+                bridge_name=args.bridge, max_new_tokens=spec["relay"]["max_new_tokens"], device=device, dtype=dtype)
+
+
+def cmd_measure_latency(args):
+    from .speed import measure_latency
+    spec, device, dtype = _runtime(args)
+    speed = spec.get("speed", {})
+    measure_latency(args.split, args.sender_dir, args.receiver_dir, args.checkpoint, args.out,
+                    examples=speed.get("latency_examples", 32), warmup=speed.get("warmup", 2),
+                    **_speed_kwargs(args, spec, device, dtype))
+
+
+def cmd_measure_throughput(args):
+    from .speed import measure_throughput
+    spec, device, dtype = _runtime(args)
+    speed = spec.get("speed", {})
+    measure_throughput(args.split, args.sender_dir, args.receiver_dir, args.checkpoint, args.out,
+                       batch_sizes=speed.get("batch_sizes", [1, 4, 16]), batches=speed.get("batches", 2),
+                       **_speed_kwargs(args, spec, device, dtype))
+
+
+def cmd_soft_token_neighbours(args):
+    from .speed import soft_token_neighbours
+    spec, device, _ = _runtime(args)
+    options = spec.get("soft_token_neighbours", {})
+    print(*soft_token_neighbours(args.store, args.receiver_dir, args.checkpoint, args.out, task=spec["task"],
+                                 examples_per_class=options.get("examples_per_class", 2),
+                                 top_k=options.get("top_k", 5), split_path=args.split,
+                                 store_request=spec.get("store"), device=device))
+
+
 def cmd_collect(args):
     from .report import collect, write_metrics
     print(collect(args.inputs, args.out))
@@ -101,7 +180,26 @@ def cmd_collect(args):
 
 def cmd_report(args):
     from .report import FIGURES
-    FIGURES[args.figure](args.results, args.out)
+    spec, _, _ = _runtime(args)
+    if args.figure not in FIGURES:
+        raise InterlinguaError(f"unknown table or figure '{args.figure}' (known: {sorted(FIGURES)})")
+    FIGURES[args.figure](args.results, args.out, **({"study": spec["study"]} if "study" in spec else {}))
+
+
+def cmd_figures_readme(args):
+    import subprocess
+
+    from .report import figures_readme
+    spec, _, _ = _runtime(args)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    figures_readme(args.out, args.outputs, spec["config_fingerprint"], commit)
 
 
 def cmd_store(args):
@@ -150,19 +248,48 @@ def build_parser() -> argparse.ArgumentParser:
             ("--out", req))
     command("train-prompt-tuning", cmd_train_prompt_tuning, "prompt tuning on the receiver alone",
             ("--split", req), ("--receiver-dir", req), ("--seed", {"type": int, "default": 0}), ("--out", req))
+    command("train-finetune", cmd_train_finetune, "LoRA or last-N-blocks fine-tuning of the receiver reading the text",
+            ("--split", req), ("--receiver-dir", req), ("--seed", {"type": int, "default": 0}), ("--out", req))
+    command("eval-finetune", cmd_eval_finetune, "accuracy of a fine-tuned receiver reading the text",
+            ("--task", req), ("--receiver", req), ("--split", req), ("--receiver-dir", req),
+            ("--checkpoint", req), ("--out", req))
     command("eval-zero-shot", cmd_eval_zero_shot, "zero-shot accuracy of a model reading the text",
             ("--task", req), ("--alias", req), ("--split", req), ("--model-dir", req), ("--out", req))
+    command("eval-random", cmd_eval_random, "chance accuracy: seeded uniform random labels",
+            ("--task", req), ("--split", req), ("--out", req))
     command("eval-bridge", cmd_eval_bridge, "bridge accuracy with shuffled- and zero-source controls",
             ("--task", req), ("--sender", req), ("--receiver", req), ("--bridge", req), ("--store", req),
             ("--receiver-dir", req), ("--checkpoint", req), ("--out", req))
     command("eval-prompt-tuning", cmd_eval_prompt_tuning, "accuracy of a prompt-tuned receiver",
             ("--task", req), ("--receiver", req), ("--split", req), ("--receiver-dir", req),
             ("--checkpoint", req), ("--out", req))
+    mode = {"required": True, "choices": ["summary", "cot"]}
+    command("eval-few-shot", cmd_eval_few_shot, "k-shot accuracy of a model reading balanced demonstrations",
+            ("--task", req), ("--alias", req), ("--train-split", req), ("--split", req), ("--model-dir", req),
+            ("--seed", {"type": int, "default": 0}), ("--out", req))
+    command("generate-relay", cmd_generate_relay, "sender summaries or reasoning of a split -> JSON Lines (resumable)",
+            ("--mode", mode), ("--sender-dir", req), ("--split", req), ("--out", req))
+    command("eval-relay", cmd_eval_relay, "receiver accuracy from text relays, with the relay's cost",
+            ("--task", req), ("--mode", mode), ("--sender", req), ("--receiver", req), ("--relay", req),
+            ("--split", req), ("--receiver-dir", req), ("--out", req))
+    serving = [("--task", req), ("--sender", req), ("--receiver", req), ("--bridge", req), ("--split", req),
+               ("--sender-dir", req), ("--receiver-dir", req), ("--checkpoint", req), ("--out", req)]
+    command("measure-latency", cmd_measure_latency,
+            "batch-1 end-to-end latency per stage: bridge (sender up to its layer) vs text relay", *serving)
+    command("measure-throughput", cmd_measure_throughput,
+            "samples/s at each batch size: bridge, receiver reading the text, text relay", *serving)
+    command("soft-token-neighbours", cmd_soft_token_neighbours,
+            "nearest receiver-vocabulary tokens and pairwise cosine of soft tokens -> OUT.md, OUT.png",
+            ("--store", req), ("--receiver-dir", req), ("--checkpoint", req),
+            ("--split", {"help": "the store's split: shows each example's text"}),
+            ("--out", {"required": True, "help": "output prefix, e.g. figures/soft_token_neighbours"}))
     command("collect", cmd_collect, "concatenate tidy result CSVs", ("--out", req),
             ("--metrics", {"help": "also write mean accuracy per task and method as JSON (dvc metrics)"}),
             ("inputs", {"nargs": "+"}))
     command("report", cmd_report, "write one table or figure from tidy results",
             ("figure", {}), ("--results", req), ("--out", req))
+    command("figures-readme", cmd_figures_readme, "list every table and figure with the config and commit",
+            ("--out", req), ("outputs", {"nargs": "+"}))
     store = sub.add_parser("store", help="inspect, verify, export or import an activation store")
     actions = store.add_subparsers(dest="action", required=True)
     for action, help_text, other in [

@@ -116,20 +116,29 @@ def _check_references(config: dict) -> None:
     for i, name in enumerate(study["bridges"]):
         _require("bridge", name, bridges, f"study.bridges[{i}]")
     study.setdefault("zero_shot", sorted({m for p in study["pairs"] for m in (p["sender"], p["receiver"])}))
+    study.setdefault("few_shot", list(study["zero_shot"]))
     study.setdefault("prompt_tuning", sorted({p["receiver"] for p in study["pairs"]}))
-    for key in ("zero_shot", "prompt_tuning"):
+    for key in ("zero_shot", "few_shot", "prompt_tuning"):
         for i, model in enumerate(study[key]):
             _require("model alias", model, models, f"study.{key}[{i}]")
+    for i, name in enumerate(study["ablation"]["bridges"] if study["ablation"]["tasks"] else []):
+        _require("bridge", name, bridges, f"study.ablation.bridges[{i}]")
+    for section in ("ablation", "token_scaling", "hyperparameters", "same_model", "finetune", "speed", "neighbours"):
+        for i, task in enumerate(study[section]["tasks"]):
+            _require("task", task, tasks, f"study.{section}.tasks[{i}]")
     for name, task in tasks.items():
         _check_task(name, task)
-    layers = config["extract"]["layers"]
-    for name, bridge in bridges.items():
-        layer = bridge.get("source_layer", max(layers))
-        if layer not in layers:
-            raise ConfigError(
-                f"config key 'bridges.{name}.source_layer': layer {layer} is not extracted "
-                f"(extract.layers = {layers}); add it there"
-            )
+    _check_runs(config)
+
+
+def _check_runs(config: dict) -> None:
+    """Every bridge run resolves to a valid bridge config (sweep values and task overrides included)."""
+    from .bridges import bridge_config
+    from .study import bridge_runs, run_settings
+
+    for run in bridge_runs(config):
+        spec, _ = run_settings(config, run["bridge"], run["task"])
+        bridge_config(run["bridge"], spec, sender_dim=1, receiver_dim=1)  # unknown options are named
 
 
 def _check_task(name: str, task: dict) -> None:

@@ -1,5 +1,6 @@
 """Accuracy of a frozen receiver: from the text (zero-shot), from bridge soft tokens
 (plus shuffled-source and zero-source controls), and from a prompt-tuned soft prompt.
+Trained methods also report their trainable parameter count (metric `trainable_parameters`).
 
 Each evaluation writes tidy rows (one per run x metric) to a CSV under results/.
 """
@@ -49,6 +50,11 @@ def rows_for(base: dict, predictions: torch.Tensor, labels: torch.Tensor, second
             dict(common, metric="seconds_per_example", value=seconds / len(labels))]
 
 
+def parameters_row(base: dict, count: int, n: int) -> dict:
+    """The number of trained parameters behind a result (Table 4); n = examples of its evaluation."""
+    return dict(base, variant="", n=n, metric="trainable_parameters", value=count)
+
+
 def write_rows(rows: list[dict], out_path) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +83,19 @@ def evaluate_zero_shot(split_path, model_dir, out_path, *, task_name: str, task:
     return write_rows(rows_for(base, predictions, labels, time.perf_counter() - started), out_path)
 
 
+def evaluate_random(split_path, out_path, *, task_name: str, task: dict, seeds: list[int]) -> Path:
+    """Chance level, measured: uniform random labels (one draw per seed) against the eval labels."""
+    examples, meta = read_split(split_path)
+    labels = torch.tensor([e["label"] for e in examples])
+    rows = []
+    for seed in seeds:
+        guesses = torch.randint(len(task["label_names"]), (len(labels),), generator=torch.Generator().manual_seed(seed))
+        base = {"task": task_name, "method": "random", "sender": "", "receiver": "", "bridge": "", "seed": seed,
+                "fingerprint": meta["content_sha256"][:16]}
+        rows += rows_for(base, guesses, labels, 0.0)[:1]
+    return write_rows(rows, out_path)
+
+
 def evaluate_bridge(store_path, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict, sender: str,
                     receiver_alias: str, bridge_name: str, batch_size: int, device, dtype,
                     store_request: dict | None = None) -> Path:
@@ -102,7 +121,9 @@ def evaluate_bridge(store_path, receiver_dir, checkpoint, out_path, *, task_name
         started = time.perf_counter()
         predictions = predict(receiver, prompts, len(store), batch_size, desc=f"bridge {variant or 'eval'}")
         results += rows_for(base, predictions, labels, time.perf_counter() - started, variant)
-    return write_rows(results, out_path)
+    learned = {name for name, _ in bridge.named_parameters()}  # parameters only: not the buffers (alpha, fixed maps)
+    count = sum(tensor.numel() for name, tensor in payload["state_dict"].items() if name in learned)
+    return write_rows(results + [parameters_row(base, count, len(labels))], out_path)
 
 
 def evaluate_prompt_tuning(split_path, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict,
@@ -120,4 +141,6 @@ def evaluate_prompt_tuning(split_path, receiver_dir, checkpoint, out_path, *, ta
         len(examples), batch_size, desc="prompt tuning eval")
     base = {"task": task_name, "method": "prompt_tuning", "sender": "", "receiver": receiver_alias, "bridge": "",
             "seed": payload["seed"], "fingerprint": payload["fingerprint"]}
-    return write_rows(rows_for(base, predictions, labels, time.perf_counter() - started), out_path)
+    count = sum(tensor.numel() for tensor in payload["state_dict"].values())  # the M x d learned embeddings
+    rows = rows_for(base, predictions, labels, time.perf_counter() - started)
+    return write_rows(rows + [parameters_row(base, count, len(labels))], out_path)

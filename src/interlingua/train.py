@@ -2,7 +2,8 @@
 
 Two producers share one loop: a bridge (sender states from the store -> M soft tokens)
 and prompt tuning (peft's PromptEmbedding: M learned tokens, no sender, no input).
-The sender is never loaded here: the bridge reads the activation store.
+The sender is never loaded here: the bridge reads the activation store. The same loop
+(`fit`) also fine-tunes parts of the receiver itself (finetune.py).
 """
 from __future__ import annotations
 
@@ -45,13 +46,42 @@ def lr_lambda(warmup: int, steps: int):
     return schedule
 
 
-def fit(module: nn.Module, soft_tokens, labels: torch.Tensor, receiver: Receiver, instruction: str,
-        train: dict, lr: float, seed: int, diversity_weight: float, desc: str,
-        resume_path: Path | None = None, run_key: str = "") -> list[dict]:
-    """Optimise `module` so the receiver predicts labels; soft_tokens(rows) -> (B, M, d_r).
+def trainable_state(module: nn.Module) -> dict:
+    """What training changes: the state dict without frozen parameters (trainable ones and buffers).
 
-    Every `train.checkpoint_every` steps the whole state (weights, optimizer, schedule, RNG, log)
-    goes to `resume_path`; a killed run resumes there and ends with the same weights.
+    For bridges and prompt tuning that is the whole state dict; for a fine-tuned receiver it leaves
+    out the frozen model, which is rebuilt from its own files.
+    """
+    frozen = {name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {name: tensor for name, tensor in module.state_dict().items() if name not in frozen}
+
+
+def load_trainable_state(module: nn.Module, state: dict) -> None:
+    """Load a `trainable_state`; every trainable tensor must be in it, and nothing else."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    frozen = {name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise DataError(f"state does not fit the module: missing {sorted(set(missing) - frozen)[:5]}, "
+                        f"unexpected {sorted(unexpected)[:5]}")
+
+
+def soft_prompts(soft_tokens, receiver: Receiver, instruction: str):
+    """make_prompt for soft-token producers: soft_tokens(rows) (B, M, d_r) placed inside the instruction."""
+    def make_prompt(rows):
+        soft = soft_tokens(rows)                                     # (B, M, d_r)
+        return receiver.soft_prompt(soft, instruction), soft          # embeds (B, M + A, d_r)
+    return make_prompt
+
+
+def fit(module: nn.Module, make_prompt, labels: torch.Tensor, receiver: Receiver, train: dict, lr: float,
+        seed: int, diversity_weight: float, desc: str, resume_path: Path | None = None,
+        run_key: str = "") -> list[dict]:
+    """Optimise the trainable parameters of `module` so the receiver predicts labels.
+
+    make_prompt(rows) -> (Prompt, soft): soft is the (B, M, d_r) soft tokens behind the prompt, which
+    feed the diversity term, or None (no diversity term, e.g. a fine-tuned receiver reading text).
+    Every `train.checkpoint_every` steps the whole state (trainable weights, optimizer, schedule, RNG,
+    log) goes to `resume_path`; a killed run resumes there and ends with the same weights.
     """
     generator = seed_everything(seed)
     plan = list(batches(len(labels), train["batch_size"], train["steps"], generator))  # fixed up front
@@ -62,7 +92,7 @@ def fit(module: nn.Module, soft_tokens, labels: torch.Tensor, receiver: Receiver
     if resume_path is not None and resume_path.exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=False)
         if state["run_key"] == run_key:
-            module.load_state_dict(state["module"])
+            load_trainable_state(module, state["module"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"])
@@ -70,22 +100,23 @@ def fit(module: nn.Module, soft_tokens, labels: torch.Tensor, receiver: Receiver
     module.train()
     bar = tqdm(plan[start:], total=train["steps"], initial=start, desc=desc)
     for step, rows in enumerate(bar, start=start):
-        soft = soft_tokens(rows)                                     # (B, M, d_r)
-        prompt = receiver.soft_prompt(soft, instruction)             # embeds (B, M + A, d_r)
-        ce = receiver.label_loss(prompt, labels[rows])
-        diversity = diversity_penalty(soft)
-        loss = ce + diversity_weight * diversity
+        prompt, soft = make_prompt(rows)
+        terms = {"ce": receiver.label_loss(prompt, labels[rows])}
+        loss = terms["ce"]
+        if soft is not None:  # soft tokens: penalise their collapse to one prompt for every example
+            terms["diversity"] = diversity_penalty(soft)
+            loss = loss + diversity_weight * terms["diversity"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), train["grad_clip"])
         optimizer.step()
         scheduler.step()
-        record = {"step": step + 1, "loss": loss.item(), "ce": ce.item(), "diversity": diversity.item()}
+        record = {"step": step + 1, "loss": loss.item(), **{key: term.item() for key, term in terms.items()}}
         log.append(record)
         if step % 10 == 0:
-            bar.set_postfix(ce=f"{record['ce']:.3f}", div=f"{record['diversity']:.2f}")
+            bar.set_postfix({key: f"{value:.3f}" for key, value in record.items() if key in terms})
         if resume_path is not None and (step + 1) % train["checkpoint_every"] == 0 and step + 1 < train["steps"]:
-            _atomic_save(resume_path, {"run_key": run_key, "step": step + 1, "module": module.state_dict(),
+            _atomic_save(resume_path, {"run_key": run_key, "step": step + 1, "module": trainable_state(module),
                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                        "rng": torch.get_rng_state(), "log": log})
     module.eval()
@@ -131,8 +162,8 @@ def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge
     started = time.perf_counter()
     log = []  # a fixed, non-learned bridge (identity) is calibrated, not trained
     if is_trainable(bridge):
-        log = fit(bridge, soft_tokens, store.labels, receiver, task["prompts"]["instruction"], train, train["lr"],
-                  seed, train["diversity_weight"], desc=f"train {bridge_name}",
+        log = fit(bridge, soft_prompts(soft_tokens, receiver, task["prompts"]["instruction"]), store.labels,
+                  receiver, train, train["lr"], seed, train["diversity_weight"], desc=f"train {bridge_name}",
                   resume_path=resume_path_for(Path(out_path)), run_key=run_fp)
     payload = {"kind": "bridge", "type": bridge_spec["type"], "config": dataclasses.asdict(config),
                "state_dict": bridge.state_dict(), "store_fingerprint": store.manifest["fingerprint"],
@@ -177,8 +208,9 @@ def train_prompt_tuning(split_path, receiver_dir, out_path, *, task: dict, train
                           "prompt_tuning": prompt_tuning, "seed": seed,
                           "receiver": zoo.read_manifest(receiver_dir)["fingerprint"]})
     started = time.perf_counter()
-    log = fit(prompt, soft_tokens, labels, receiver, task["prompts"]["instruction"], train, prompt_tuning["lr"],
-              seed, 0.0, desc="prompt tuning", resume_path=resume_path_for(Path(out_path)), run_key=run_fp)
+    log = fit(prompt, soft_prompts(soft_tokens, receiver, task["prompts"]["instruction"]), labels, receiver, train,
+              prompt_tuning["lr"], seed, 0.0, desc="prompt tuning", resume_path=resume_path_for(Path(out_path)),
+              run_key=run_fp)
     payload = {"kind": "prompt_tuning", "num_virtual_tokens": prompt_tuning["num_virtual_tokens"],
                "state_dict": prompt.state_dict(), "seed": seed, "seconds": time.perf_counter() - started,
                "fingerprint": run_fp}

@@ -6,7 +6,8 @@ import sys
 
 from interlingua.config import validate_config
 from interlingua.errors import InterlinguaError
-from interlingua.fingerprint import file_sha256
+from interlingua.fingerprint import file_sha256, fingerprint
+from interlingua import study as study_plan
 from interlingua.tasks import mirror_path, prompt_spec
 
 
@@ -31,7 +32,10 @@ wildcard_constraints:
     sender=ALIAS,
     receiver=ALIAS,
     task=ALIAS,
-    bridge=ALIAS,
+    # a bridge name or sweep variant (perceiver~num_queries=16); never a baseline's folder
+    bridge="(?!(?:finetune|prompt_tuning)/)" + ALIAS + "(~[a-z_]+=[A-Za-z0-9_.+-]+)*",
+    method="lora|finetune_last[0-9]+",
+    mode="text_relay|cot_relay",
     split="[A-Za-z0-9_-]+",
     seed="[0-9]+",
 
@@ -39,6 +43,11 @@ wildcard_constraints:
 def spec(**sections):
     """JSON handed to the CLI: Snakemake reruns a job when the sections it reads change."""
     return json.dumps(sections, sort_keys=True)
+
+
+def config_fingerprint():
+    """The whole validated config, as figures/README.md records it."""
+    return fingerprint(json.loads(json.dumps(config, default=str)))
 
 
 def runtime():
@@ -88,19 +97,34 @@ def extract_request(sender, task, role):
     ex = config["extract"]
     return {"model": model_request(sender), "task": task_request(task, role), "runtime": runtime(),
             "sender_prompt": config["tasks"][task]["prompts"]["sender"],
-            "extract": {k: ex[k] for k in ("layers", "storage_dtype", "kv_cache")}}
+            "extract": {"layers": study_plan.extract_layers(config, sender, task),
+                        **{k: ex[k] for k in ("storage_dtype", "kv_cache")}}}
 
 
 def bridge_request(w):
-    return {"runtime": runtime(), "bridge": config["bridges"][w.bridge], "train": config["train"],
+    bridge, train = study_plan.run_settings(config, w.bridge, w.task)
+    return {"runtime": runtime(), "bridge": bridge, "train": train,
             "task": prompt_spec(config["tasks"][w.task]), "receiver": model_request(w.receiver),
             "store": extract_request(w.sender, w.task, "train"), "seed": w.seed}
 
 
 def prompt_tuning_request(w):
-    return {"runtime": runtime(), "train": config["train"], "prompt_tuning": config["prompt_tuning"],
-            "task": prompt_spec(config["tasks"][w.task]), "receiver": model_request(w.receiver),
-            "data": task_request(w.task, "train"), "seed": w.seed}
+    return {"runtime": runtime(), "train": study_plan.task_train(config, w.task),
+            "prompt_tuning": config["prompt_tuning"], "task": prompt_spec(config["tasks"][w.task]),
+            "receiver": model_request(w.receiver), "data": task_request(w.task, "train"), "seed": w.seed}
+
+
+def finetune_request(w):
+    return {"runtime": runtime(), "train": study_plan.task_train(config, w.task),
+            "finetune": study_plan.finetune_spec(config, w.method), "task": prompt_spec(config["tasks"][w.task]),
+            "receiver": model_request(w.receiver), "data": task_request(w.task, "train"), "seed": w.seed}
+
+
+def relay_request(w):
+    """What decides a relay file: the sender, the eval rows, the prompts and the generation budget."""
+    return {"runtime": runtime(), "task": prompt_spec(config["tasks"][w.task]), "model": model_request(w.sender),
+            "data": task_request(w.task, "eval"), "relay": config["relay"],
+            "batch_size": config["evaluate"]["batch_size"]}
 
 
 def eval_request(w, **upstream):
@@ -141,37 +165,23 @@ def store_dir(role):
 
 
 def study_models():
-    return sorted({m for p in STUDY["pairs"] for m in p.values()} | set(STUDY["zero_shot"]) | set(STUDY["prompt_tuning"]))
+    return study_plan.study_models(config)
 
 
 def study_splits():
-    return [f"data/tasks/{t}/{split_name(t, role)}.jsonl" for t in STUDY["tasks"] for role in ("train", "eval")]
+    return [f"data/tasks/{t}/{split_name(t, role)}.jsonl" for t in study_plan.study_tasks(config)
+            for role in ("train", "eval")]
 
 
 def study_stores():
-    senders = sorted({p["sender"] for p in STUDY["pairs"]})
     return [f"data/activations/{s}/{t}/{split_name(t, role)}.manifest.json"
-            for s in senders for t in STUDY["tasks"] for role in ("train", "eval")]
+            for s, t in study_plan.study_stores(config) for role in ("train", "eval")]
 
 
 def study_checkpoints():
-    out = []
-    for task in STUDY["tasks"]:
-        for seed in STUDY["seeds"]:
-            out += [f"data/checkpoints/prompt_tuning/{r}/{task}/seed{seed}.pt" for r in STUDY["prompt_tuning"]]
-            out += [f"data/checkpoints/{b}/{p['sender']}/{p['receiver']}/{task}/seed{seed}.pt"
-                    for p in STUDY["pairs"] for b in STUDY["bridges"]]
-    return out
+    return study_plan.study_checkpoints(config)
 
 
 def study_results():
     """Every tidy result file the study asks for."""
-    out = []
-    for task in STUDY["tasks"]:
-        out += [f"results/zero_shot/{model}/{task}.csv" for model in STUDY["zero_shot"]]
-        for seed in STUDY["seeds"]:
-            out += [f"results/prompt_tuning/{r}/{task}/seed{seed}.csv" for r in STUDY["prompt_tuning"]]
-            for pair in STUDY["pairs"]:
-                out += [f"results/bridge/{b}/{pair['sender']}/{pair['receiver']}/{task}/seed{seed}.csv"
-                        for b in STUDY["bridges"]]
-    return out
+    return study_plan.study_results(config)

@@ -12,17 +12,20 @@ rule collect_results:
 
 
 rule report:
-    """One table or figure from the tidy results; the function is named after the output."""
+    """One table from the tidy results; the function in report.py is named after the output."""
     input:
         "results/results.csv",
     output:
         multiext("figures/{name}", ".md", ".tex"),
     wildcard_constraints:
-        name="table_[a-z0-9_]+",
+        name="table[0-9]*_[a-z0-9_]+",
+    params:
+        spec=lambda w: spec(study=STUDY),
     log:
         "logs/report/{name}.log",
     shell:
-        "{CLI} report {wildcards.name} --results {input} --out figures/{wildcards.name} > {log} 2>&1"
+        "{CLI} report {wildcards.name} --results {input} --spec {params.spec:q} --out figures/{wildcards.name} "
+        "> {log} 2>&1"
 
 
 rule plot:
@@ -31,14 +34,31 @@ rule plot:
     output:
         "figures/{name}.png",
     wildcard_constraints:
-        name="fig_[a-z0-9_]+",
+        name="fig[0-9]*_[a-z0-9_]+",
+    params:
+        spec=lambda w: spec(study=STUDY),
     log:
         "logs/plot/{name}.log",
     shell:
-        "{CLI} report {wildcards.name} --results {input} --out figures/{wildcards.name} > {log} 2>&1"
+        "{CLI} report {wildcards.name} --results {input} --spec {params.spec:q} --out figures/{wildcards.name} "
+        "> {log} 2>&1"
+
+
+rule figures_readme:
+    """figures/README.md: every output with the config fingerprint and the commit that produced it."""
+    input:
+        [f for f in study_plan.study_figures(config)],
+    output:
+        "figures/README.md",
+    params:
+        spec=lambda w: spec(config_fingerprint=config_fingerprint()),
+    log:
+        "logs/report/README.log",
+    shell:
+        "{CLI} figures-readme --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
 
 
 rule figures:
     input:
-        multiext("figures/table_main", ".md", ".tex"),
-        "figures/fig_bridge_vs_baselines.png",
+        study_plan.study_figures(config),
+        "figures/README.md",

@@ -1,0 +1,72 @@
+"""Serving speed on the packaged models, measured side by side in one run (interlingua.speed):
+end-to-end latency at batch 1, bridge vs text relay (target: the relay >= 25x slower), and throughput
+at batch 16, bridge vs the receiver reading the text itself (target: >= 0.95 of it).
+
+The bridge path runs the sender only up to the bridge's source layer and the receiver continues from
+the cached KV of the instruction's fixed part; the baselines' text prompts get the same prefix cache.
+The bridge is untrained (built and calibrated as in training): its cost does not depend on its weights.
+"""
+import argparse
+
+import torch
+
+from common import REPO, RECEIVER, SENDER, TASK, model_dir, report, rows
+from interlingua import zoo
+from interlingua.bridges import bridge_config, build_bridge
+from interlingua.config import load_config
+from interlingua.receiver import Receiver, embedding_rms
+from interlingua.speed import Serving, latency_rows, throughput_rows
+
+# The default study's bridge, prompts and relay cap (params.yaml).
+CONFIG = load_config(REPO / "params.yaml")
+BRIDGE = CONFIG["bridges"][CONFIG["study"]["bridges"][0]]
+MAX_NEW_TOKENS = CONFIG.get("relay", {}).get("max_new_tokens", 256)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--latency-examples", type=int, default=8, help="validation rows timed at batch 1")
+    parser.add_argument("--batches", type=int, default=2, help="batches of 16 timed per method")
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    cpu = torch.device("cpu")
+    task = CONFIG["tasks"][TASK]
+    sender = zoo.load_model(model_dir(SENDER), cpu, torch.float32)
+    model = zoo.load_model(model_dir(RECEIVER), cpu, torch.float32)
+    receiver = Receiver(model, zoo.load_tokenizer(model_dir(RECEIVER)), task["verbalizers"])
+    config = bridge_config("bridge", BRIDGE, sender.config.hidden_size, model.config.hidden_size)
+    torch.manual_seed(0)
+    bridge = build_bridge(BRIDGE["type"], config).eval()
+    bridge.calibrate(embedding_rms(model))
+    serving = Serving(sender, zoo.load_tokenizer(model_dir(SENDER)), receiver, bridge, config.source_layer, task,
+                      MAX_NEW_TOKENS, cpu, torch.float32)
+    base = {"task": TASK, "sender": SENDER, "receiver": RECEIVER, "bridge": BRIDGE["type"], "seed": 0,
+            "fingerprint": ""}
+    texts = [row["text"] for row in rows("validation", max(args.latency_examples, 16 * args.batches))]
+
+    latency = {(r["method"], r["metric"]): r["value"]
+               for r in latency_rows(serving, texts[:args.latency_examples], base, warmup=args.warmup)}
+    bridge_s, relay_s = latency["bridge", "latency_seconds"], latency["text_relay", "latency_seconds"]
+    print(f"latency at batch 1 (median of {args.latency_examples} {TASK} validation rows, {SENDER} -> {RECEIVER}):")
+    print(f"  bridge {bridge_s * 1e3:.1f} ms = sender up to layer {config.source_layer} of "
+          f"{sender.config.num_hidden_layers} {latency['bridge', 'latency_sender_encode_seconds'] * 1e3:.1f} ms"
+          f" + bridge {latency['bridge', 'latency_bridge_seconds'] * 1e3:.1f} ms"
+          f" + receiver {latency['bridge', 'latency_receiver_seconds'] * 1e3:.1f} ms (medians per stage)")
+    print(f"  text relay {relay_s * 1e3:.1f} ms = generate "
+          f"{latency['text_relay', 'latency_relay_generate_seconds'] * 1e3:.1f} ms"
+          f" + receiver {latency['text_relay', 'latency_receiver_seconds'] * 1e3:.1f} ms; "
+          f"mean generated length {latency['text_relay', 'generated_tokens']:.1f} tokens "
+          f"(greedy, chat template, cap {MAX_NEW_TOKENS})")
+    report("end-to-end latency, text relay / bridge (speed-up)", relay_s / bridge_s, ">= 25", relay_s / bridge_s >= 25)
+
+    speed = {r["method"]: r["value"] for r in throughput_rows(serving, texts, base, batch_sizes=(16,),
+                                                               batches=args.batches, methods=("bridge", "zero_shot"))}
+    print(f"throughput at batch 16 ({args.batches} batches): bridge {speed['bridge']:.1f} samples/s, "
+          f"{RECEIVER} reading the text {speed['zero_shot']:.1f} samples/s")
+    ratio = speed["bridge"] / speed["zero_shot"]
+    report("throughput at batch 16, bridge / receiver direct", ratio, ">= 0.95", ratio >= 0.95)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+import pytest
+
+from interlingua import study
+from interlingua.config import load_config
+from interlingua.errors import ConfigError
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")
+
+
+def test_variant_names_round_trip():
+    name = study.variant_name("perceiver", num_queries=16, diversity_weight=0.5)
+    assert name == "perceiver~num_queries=16~diversity_weight=0.5"
+    assert study.parse_variant(name) == ("perceiver", {"num_queries": 16, "diversity_weight": 0.5})
+    with pytest.raises(ConfigError, match="not of the form"):
+        study.parse_variant("perceiver~Bad")
+
+
+def test_settings_precedence_global_then_task_then_variant(smoke):
+    config = dict(smoke, tasks=dict(smoke["tasks"]))
+    config["tasks"]["sst2"] = dict(config["tasks"]["sst2"], overrides={"bridge": {"dim": 24, "num_queries": 3},
+                                                                         "train": {"steps": 9}})
+    bridge, train = study.run_settings(config, "perceiver~num_queries=5~diversity_weight=0.0", "sst2")
+    assert (bridge["dim"], bridge["num_queries"]) == (24, 5)           # task override, then the variant wins
+    assert train["steps"] == 9 and train["diversity_weight"] == 0.0    # training keys go to train
+    assert study.run_settings(config, "perceiver", "piqa")[0]["dim"] == 32  # other tasks keep the global entry
+    with pytest.raises(ConfigError, match="no entry 'nope'"):
+        study.run_settings(config, "nope~dim=3", "sst2")
+
+
+def test_smoke_study_has_every_kind_of_run(smoke):
+    results = study.study_results(smoke)
+    kinds = {path.split("/")[1] for path in results}
+    assert kinds == {"bridge", "random", "zero_shot", "few_shot", "prompt_tuning", "relay", "finetune", "speed"}
+    runs = study.bridge_runs(smoke)
+    assert {r["bridge"] for r in runs} >= {"perceiver", "diffusion", "identity", "perceiver~num_queries=2",
+                                           "perceiver~dim=16", "perceiver~source_layer=1"}
+    assert {(r["sender"], r["receiver"]) for r in runs} == {
+        ("tiny_llama", "tiny_gemma3"), ("tiny_gemma3", "tiny_llama"), ("tiny_llama", "tiny_llama"),
+        ("tiny_gemma3", "tiny_gemma3")}
+    assert any("cot_relay" in path for path in results)
+    figures = study.study_figures(smoke)
+    for name in ("table1_architectures", "table2_main", "table3_latency", "table4_finetuning", "table5_throughput",
+                 "table6_same_vs_cross", "table7_token_scaling", "table8_bidirectional", "table9_reasoning",
+                 "table10_hyperparameters"):
+        assert f"figures/{name}.md" in figures
+    for name in ("fig2_bridge_vs_prompt_tuning", "fig3_latency", "fig4_same_vs_cross", "fig5_token_scaling",
+                 "soft_token_neighbours"):
+        assert f"figures/{name}.png" in figures
+
+
+def test_extraction_stores_every_layer_a_run_reads(smoke):
+    assert study.extract_layers(smoke, "tiny_llama", "sst2") == [1, 2]   # the source-layer sweep point
+    assert study.extract_layers(smoke, "tiny_gemma3", "sst2") == [2]
+    assert study.extract_layers(smoke, "tiny_llama", "piqa") == [2]
+
+
+def test_unknown_bridge_option_in_a_sweep_is_named():
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['widht'\]"):
+        study_with({"hyperparameters": {"tasks": ["sst2"], "sweep": {"widht": [3]}}})
+
+
+def study_with(changes):
+    from interlingua.config import deep_merge, read_yaml, validate_config
+    merged = deep_merge(deep_merge(read_yaml(REPO / "params.yaml"), read_yaml(REPO / "config/smoke.yaml")),
+                        {"study": changes})
+    return validate_config(merged, base_dir=REPO)
+
+
+@pytest.mark.parametrize("name", ["full", "paper"])
+def test_full_and_paper_configs_plan_the_complete_study(name):
+    config = load_config(REPO / "params.yaml", REPO / f"config/{name}.yaml")
+    figures = study.study_figures(config)
+    assert len([f for f in figures if f.endswith(".md")]) == 12   # tables 1-10, table_main, neighbours
+    assert len(study.study_results(config)) > 100

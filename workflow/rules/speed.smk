@@ -1,0 +1,72 @@
+# Serving measurements of the first pair's main bridge (tables 3 and 5) and its soft tokens' neighbours.
+
+
+from types import SimpleNamespace
+
+
+def main_bridge_run(sender, receiver, task):
+    """The run whose bridge is served: the main bridge, first sweep seed."""
+    return SimpleNamespace(bridge=STUDY["bridges"][0], sender=sender, receiver=receiver, task=task,
+                           seed=STUDY["sweep_seeds"][0])
+
+
+def first_bridge_checkpoint(w):
+    run = main_bridge_run(w.sender, w.receiver, w.task)
+    return f"data/checkpoints/{run.bridge}/{run.sender}/{run.receiver}/{run.task}/seed{run.seed}.pt"
+
+
+def speed_request(w):
+    return spec(runtime=runtime(), task=prompt_spec(config["tasks"][w.task]), relay=config["relay"],
+                speed=config["speed"], data=task_request(w.task, "eval"),
+                models=[model_request(w.sender), model_request(w.receiver)],
+                bridge_run=bridge_request(main_bridge_run(w.sender, w.receiver, w.task)))
+
+
+NEIGHBOURS = SimpleNamespace(sender=STUDY["pairs"][0]["sender"], receiver=STUDY["pairs"][0]["receiver"],
+                             task=(STUDY["neighbours"]["tasks"] or STUDY["tasks"])[0])
+
+
+rule measure_speed:
+    """End-to-end latency at batch 1 (per stage) or throughput at several batch sizes: bridge vs text relay."""
+    input:
+        split=lambda w: task_input(w.task, "eval"),
+        sender=lambda w: model_input(w.sender),
+        receiver=lambda w: model_input(w.receiver),
+        bridge=first_bridge_checkpoint,
+    output:
+        "results/speed/{kind}/{sender}/{receiver}/{task}.csv",
+    wildcard_constraints:
+        kind="latency|throughput",
+    params:
+        bridge=STUDY["bridges"][0],
+        spec=speed_request,
+    log:
+        "logs/measure_speed/{kind}/{sender}/{receiver}/{task}.log",
+    shell:
+        "{CLI} measure-{wildcards.kind} --task {wildcards.task} --sender {wildcards.sender} "
+        "--receiver {wildcards.receiver} --bridge {params.bridge} --split {input.split} --sender-dir {input.sender} "
+        "--receiver-dir {input.receiver} --checkpoint {input.bridge} --spec {params.spec:q} "
+        "--threads {threads} --out {output} > {log} 2>&1"
+
+
+rule soft_token_neighbours:
+    """Nearest receiver-vocabulary tokens of each soft token, and the soft tokens' pairwise cosine."""
+    input:
+        store=lambda w: store_input(NEIGHBOURS.sender, NEIGHBOURS.task, "eval"),
+        split=lambda w: task_input(NEIGHBOURS.task, "eval"),
+        receiver=lambda w: model_input(NEIGHBOURS.receiver),
+        bridge=lambda w: first_bridge_checkpoint(NEIGHBOURS),
+    output:
+        multiext("figures/soft_token_neighbours", ".md", ".png"),
+    params:
+        store=f"data/activations/{NEIGHBOURS.sender}/{NEIGHBOURS.task}/{split_name(NEIGHBOURS.task, 'eval')}.zarr",
+        spec=lambda w: spec(runtime=runtime(), task=prompt_spec(config["tasks"][NEIGHBOURS.task]),
+                            store=extract_request(NEIGHBOURS.sender, NEIGHBOURS.task, "eval"),
+                            bridge_run=bridge_request(main_bridge_run(NEIGHBOURS.sender, NEIGHBOURS.receiver,
+                                                                      NEIGHBOURS.task))),
+    log:
+        "logs/soft_token_neighbours.log",
+    shell:
+        "{CLI} soft-token-neighbours --store {params.store} --receiver-dir {input.receiver} "
+        "--checkpoint {input.bridge} --split {input.split} --spec {params.spec:q} --threads {threads} "
+        "--out figures/soft_token_neighbours > {log} 2>&1"
