@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, zoo
 from .fingerprint import STORE_FORMAT_VERSION, fingerprint
+from .receiver import cache_kwarg
 from .store import StoreWriter, kv_keys, layer_key, read_manifest, verify, writer_lock
 from .tasks import read_split
 
@@ -90,7 +91,7 @@ def sender_states(decoder, batch_ids: list[list[int]], layers: list[int], pad_id
         autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
         with autocast:
             decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=kv_cache,
-                    past_key_values=cache)
+                    **{cache_kwarg(decoder): cache})
     return {layer: captured[layer] for layer in layers}, cache
 
 
