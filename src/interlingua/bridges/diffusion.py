@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .pooling import scale_to_alpha
+from .base import SoftTokenBridge
 
 
 @dataclass
@@ -77,8 +77,7 @@ class DenoiserBlock(nn.Module):
         return x + self.ffn(self.norm_ffn(x))                                         # (B, M, d)
 
 
-class DiffusionBridge(nn.Module):
-    trainable = True
+class DiffusionBridge(SoftTokenBridge):
 
     def __init__(self, config: DiffusionConfig):
         super().__init__()
@@ -93,11 +92,6 @@ class DiffusionBridge(nn.Module):
         self.denoise_out = nn.Linear(d, d)                 # predicts the clean tokens x0
         self.output_norm = nn.LayerNorm(d)
         self.output_proj = nn.Linear(d, config.receiver_dim)
-        self.register_buffer("alpha", torch.tensor(1.0))   # set by calibrate()
-
-    @torch.no_grad()
-    def calibrate(self, receiver_embedding_rms: float) -> None:
-        self.alpha.fill_(receiver_embedding_rms)
 
     def initial_noise(self, batch: int):
         shape, dtype, device = (self.config.num_queries, self.config.dim), self.slot_embedding.dtype, \
@@ -132,4 +126,4 @@ class DiffusionBridge(nn.Module):
             eps = (x - a_now.sqrt() * x0) / (1 - a_now).sqrt()                           # implied noise
             x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps                          # DDIM, eta = 0
         soft = self.output_proj(self.output_norm(x))                                     # (B, M, d_r)
-        return scale_to_alpha(soft, self.alpha)                                          # (B, M, d_r), RMS = alpha
+        return self.scale(soft)                                          # (B, M, d_r), RMS = alpha

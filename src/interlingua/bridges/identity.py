@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from .pooling import scale_to_alpha
+from .base import SoftTokenBridge
 
 
 @dataclass
@@ -49,7 +48,7 @@ def last_real_indices(mask, count: int):
     return hit.long().argmax(-1)                                   # (B, M); 0 if the row has no real token
 
 
-class IdentityBridge(nn.Module):
+class IdentityBridge(SoftTokenBridge):
     trainable = False  # nothing to optimise: torch.optim rejects an empty parameter list
 
     def __init__(self, config: IdentityConfig):
@@ -59,11 +58,6 @@ class IdentityBridge(nn.Module):
             self.register_buffer("projection", fixed_projection(config.sender_dim, config.receiver_dim, config.seed))
         else:
             self.projection = None
-        self.register_buffer("alpha", torch.tensor(1.0))   # set by calibrate()
-
-    @torch.no_grad()
-    def calibrate(self, receiver_embedding_rms: float) -> None:
-        self.alpha.fill_(receiver_embedding_rms)
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
@@ -71,4 +65,4 @@ class IdentityBridge(nn.Module):
         picked = states.gather(1, index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))  # (B, M, d_s)
         if self.projection is not None:
             picked = picked @ self.projection.to(picked.dtype)                           # (B, M, d_r)
-        return scale_to_alpha(picked, self.alpha)                                        # (B, M, d_r), RMS = alpha
+        return self.scale(picked)                                        # (B, M, d_r), RMS = alpha

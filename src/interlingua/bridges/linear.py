@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from .pooling import masked_mean, scale_to_alpha
+from .base import SoftTokenBridge
+from .pooling import masked_mean
 
 
 @dataclass
@@ -23,22 +23,16 @@ class LinearConfig:
     num_queries: int = 8       # M: soft tokens emitted
 
 
-class LinearBridge(nn.Module):
-    trainable = True
+class LinearBridge(SoftTokenBridge):
 
     def __init__(self, config: LinearConfig):
         super().__init__()
         self.config = config
         self.input_norm = nn.LayerNorm(config.sender_dim)  # per token, before pooling (as the Perceiver)
         self.proj = nn.Linear(config.sender_dim, config.num_queries * config.receiver_dim)
-        self.register_buffer("alpha", torch.tensor(1.0))   # set by calibrate()
-
-    @torch.no_grad()
-    def calibrate(self, receiver_embedding_rms: float) -> None:
-        self.alpha.fill_(receiver_embedding_rms)
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
         pooled = masked_mean(self.input_norm(states), mask)                   # (B, d_s)
         soft = self.proj(pooled).view(len(pooled), self.config.num_queries, -1)  # (B, M, d_r)
-        return scale_to_alpha(soft, self.alpha)                               # (B, M, d_r), RMS = alpha
+        return self.scale(soft)                               # (B, M, d_r), RMS = alpha

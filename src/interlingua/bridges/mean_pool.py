@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .pooling import masked_mean, scale_to_alpha
+from .base import SoftTokenBridge
+from .pooling import masked_mean
 
 
 @dataclass
@@ -24,8 +25,7 @@ class MeanPoolConfig:
     num_queries: int = 8       # M: soft tokens emitted (copies of the one pooled token + slot offsets)
 
 
-class MeanPoolBridge(nn.Module):
-    trainable = True
+class MeanPoolBridge(SoftTokenBridge):
 
     def __init__(self, config: MeanPoolConfig):
         super().__init__()
@@ -33,14 +33,9 @@ class MeanPoolBridge(nn.Module):
         self.input_norm = nn.LayerNorm(config.sender_dim)  # per token, before pooling (as the Perceiver)
         self.proj = nn.Linear(config.sender_dim, config.receiver_dim)
         self.slot_offsets = nn.Parameter(torch.randn(config.num_queries, config.receiver_dim) * 0.02)
-        self.register_buffer("alpha", torch.tensor(1.0))   # set by calibrate()
-
-    @torch.no_grad()
-    def calibrate(self, receiver_embedding_rms: float) -> None:
-        self.alpha.fill_(receiver_embedding_rms)
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
         pooled = self.proj(masked_mean(self.input_norm(states), mask))   # (B, d_r)
         soft = pooled.unsqueeze(1) + self.slot_offsets                   # (B, M, d_r)
-        return scale_to_alpha(soft, self.alpha)                          # (B, M, d_r), RMS = alpha
+        return self.scale(soft)                          # (B, M, d_r), RMS = alpha

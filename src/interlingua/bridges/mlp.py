@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from .pooling import masked_mean, scale_to_alpha
+from .base import SoftTokenBridge
+from .pooling import masked_mean
 
 
 @dataclass
@@ -24,8 +24,7 @@ class MLPConfig:
     dropout: float = 0.0
 
 
-class MLPBridge(nn.Module):
-    trainable = True
+class MLPBridge(SoftTokenBridge):
 
     def __init__(self, config: MLPConfig):
         super().__init__()
@@ -33,14 +32,9 @@ class MLPBridge(nn.Module):
         self.input_norm = nn.LayerNorm(config.sender_dim)  # per token, before pooling (as the Perceiver)
         self.mlp = nn.Sequential(nn.Linear(config.sender_dim, config.hidden_dim), nn.GELU(), nn.Dropout(config.dropout),
                                  nn.Linear(config.hidden_dim, config.num_queries * config.receiver_dim))
-        self.register_buffer("alpha", torch.tensor(1.0))   # set by calibrate()
-
-    @torch.no_grad()
-    def calibrate(self, receiver_embedding_rms: float) -> None:
-        self.alpha.fill_(receiver_embedding_rms)
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
         pooled = masked_mean(self.input_norm(states), mask)                   # (B, d_s)
         soft = self.mlp(pooled).view(len(pooled), self.config.num_queries, -1)   # (B, M, d_r)
-        return scale_to_alpha(soft, self.alpha)                               # (B, M, d_r), RMS = alpha
+        return self.scale(soft)                               # (B, M, d_r), RMS = alpha

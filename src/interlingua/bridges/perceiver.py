@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .base import SoftTokenBridge
 
 
 @dataclass
@@ -46,9 +47,7 @@ class CrossAttentionBlock(nn.Module):
         return queries + self.ffn(self.norm_ffn(queries))  # (B, M, d)
 
 
-class PerceiverResampler(nn.Module):
-    trainable = True
-
+class PerceiverResampler(SoftTokenBridge):
     def __init__(self, config: PerceiverConfig):
         super().__init__()
         self.config = config
@@ -58,11 +57,6 @@ class PerceiverResampler(nn.Module):
         self.blocks = nn.ModuleList(CrossAttentionBlock(config) for _ in range(config.depth))
         self.output_norm = nn.LayerNorm(config.dim)
         self.output_proj = nn.Linear(config.dim, config.receiver_dim)
-        self.register_buffer("alpha", torch.tensor(1.0))   # set by calibrate()
-
-    @torch.no_grad()
-    def calibrate(self, receiver_embedding_rms: float) -> None:
-        self.alpha.fill_(receiver_embedding_rms)
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
@@ -71,4 +65,4 @@ class PerceiverResampler(nn.Module):
         for block in self.blocks:
             queries = block(queries, context, mask)                     # (B, M, d)
         soft = self.output_proj(self.output_norm(queries))              # (B, M, d_r)
-        return F.rms_norm(soft, (soft.shape[-1],)) * self.alpha         # (B, M, d_r), RMS = alpha
+        return self.scale(soft)                                         # (B, M, d_r), RMS = alpha

@@ -1,0 +1,23 @@
+"""What every bridge shares: the output scale alpha, calibrated to the receiver's embedding RMS."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .pooling import scale_to_alpha
+
+
+class SoftTokenBridge(nn.Module):
+    """Sender states (B, T, d_s) + mask (B, T) -> M soft tokens (B, M, d_r) with RMS alpha."""
+    trainable = True  # False for a fixed map (identity): training skips the optimiser
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("alpha", torch.tensor(1.0))   # set by calibrate()
+
+    @torch.no_grad()
+    def calibrate(self, receiver_embedding_rms: float) -> None:
+        self.alpha.fill_(receiver_embedding_rms)
+
+    def scale(self, soft: torch.Tensor) -> torch.Tensor:
+        return scale_to_alpha(soft, self.alpha)             # (B, M, d_r), RMS = alpha
