@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,9 @@ def test_bad_data_stops_before_models_are_built(tmp_path):
     mirror.mkdir(parents=True)
     (mirror / "train.jsonl").write_text('{"text": "fine", "label": 0}\n{"text": "odd", "label": 5}\n')
     (mirror / "validation.jsonl").write_text('{"text": "fine", "label": 0}\n')
+    # the smoke study's other task gets its real file, so sst2's bad row is the only error
+    (tmp_path / "mirror/piqa").mkdir()
+    shutil.copy(REPO / "../shared/datasets/piqa/validation.jsonl", tmp_path / "mirror/piqa/validation.jsonl")
     result = subprocess.run(
         [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", "figures", "--configfile",
          str(REPO / "config/smoke.yaml")], capture_output=True, text=True,
