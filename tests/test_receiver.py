@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from interlingua import zoo
-from interlingua.receiver import Prompt, Receiver
+from interlingua.receiver import Prompt, Receiver, verbalizer_trie
 
 
 def receiver_for(tiny_models, verbalizers):
@@ -99,3 +99,113 @@ def test_fused_head_loss_matches_the_plain_head(tiny_models):
     (plain_grad,) = torch.autograd.grad(plain, soft)
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused_grad, plain_grad, atol=1e-5, rtol=1e-4)
+
+
+# Shared first tokens (sequence scoring), lengths 1 to 8 tokens on the tiny BPE tokenizer.
+RAGGED = [" a b c", " a", " a b", " the movie was great", " the story", " the movie", " great and moving film"]
+
+
+def looped_scores(receiver, prompt):
+    """Reference (B, C): the whole prompt again for every verbalizer, full-vocabulary logits at each of its
+    positions, normalised as constrained decoding over the label strings: over the tokens that continue
+    some verbalizer (the whole vocabulary after a complete verbalizer; nothing where there is one way on)."""
+    verbalizers = receiver.verbalizer_ids
+    following, complete = {}, {tuple(ids) for ids in verbalizers}
+    for ids in verbalizers:
+        for j, token in enumerate(ids):
+            following.setdefault(tuple(ids[:j]), set()).add(token)
+    batch, columns = prompt.embeds.shape[0], []
+    for ids in verbalizers:
+        longer, _, _ = receiver._with_targets(prompt, [ids] * batch)
+        logits = receiver._head(receiver._last_hidden(longer, keep=len(ids))).view(batch, len(ids), -1)
+        total = torch.zeros(batch)
+        for j, token in enumerate(ids):
+            prefix, after = tuple(ids[:j]), sorted(following[tuple(ids[:j])])
+            if j and prefix in complete:
+                normaliser = logits[:, j].logsumexp(-1)
+            elif j == 0 or len(after) > 1:
+                normaliser = logits[:, j, after].logsumexp(-1)
+            else:
+                continue
+            total += logits[:, j, token] - normaliser
+        columns.append(total)
+    return torch.stack(columns, dim=-1)
+
+
+def ragged_receiver(tiny_models, name, fused, softcap):
+    model = zoo.load_model(tiny_models[name], torch.device("cpu"), torch.float32)
+    model.config.final_logit_softcapping = softcap
+    receiver = Receiver(model, zoo.load_tokenizer(tiny_models[name]), RAGGED)
+    assert not receiver.first_token_scoring
+    receiver._fused_head = receiver._fused_head and fused
+    return receiver
+
+
+def sliding_window(receiver) -> int:
+    return getattr(receiver.model.config, "sliding_window", None) or 0
+
+
+HEADS = [("receiver", True, None), ("receiver", False, 5.0), ("receiver", True, 5.0), ("sender", False, None)]
+
+
+@pytest.mark.parametrize("chunk_positions", [8192, 1])  # all trie paths in one chunk, or one per chunk
+@pytest.mark.parametrize("name, fused, softcap", HEADS)
+def test_cached_sequence_scores_match_the_looped_ones_for_a_soft_prompt(tiny_models, monkeypatch, name, fused,
+                                                                        softcap, chunk_positions):
+    monkeypatch.setattr("interlingua.receiver.SCORE_CHUNK_POSITIONS", chunk_positions)
+    receiver = ragged_receiver(tiny_models, name, fused, softcap)
+    # 12 soft tokens after a cached prefix: prompt and continuations cross the tiny Gemma-3's 16-token window.
+    soft = torch.randn(3, 12, receiver.embed.embedding_dim) * 0.1
+    prompt = receiver.soft_prompt(soft, "Review: the text is{soft_tokens}\nSentiment:")
+    assert prompt.prefix.length + prompt.mask.shape[1] > sliding_window(receiver)
+    with torch.no_grad():
+        reference = looped_scores(receiver, prompt)
+    with torch.inference_mode():
+        scores = receiver.class_scores(prompt)
+    torch.testing.assert_close(scores, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk_positions", [8192, 1])
+@pytest.mark.parametrize("name, fused, softcap", HEADS)
+def test_cached_sequence_scores_match_the_looped_ones_for_left_padded_text(tiny_models, monkeypatch, name, fused,
+                                                                           softcap, chunk_positions):
+    monkeypatch.setattr("interlingua.receiver.SCORE_CHUNK_POSITIONS", chunk_positions)
+    receiver = ragged_receiver(tiny_models, name, fused, softcap)
+    texts = ["Review: dull\nSentiment:", "Review: a much longer review of the movie with many words in it\nSentiment:",
+             "Review: a charming, funny and heartfelt comedy\nSentiment:"]
+    prompt = receiver.text_prompt(texts)
+    assert prompt.prefix is None and not prompt.mask.all() and prompt.mask.shape[1] > sliding_window(receiver)
+    with torch.no_grad():
+        reference = looped_scores(receiver, prompt)
+        scores = receiver.class_scores(prompt)
+    torch.testing.assert_close(scores, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_cached_sequence_scores_leave_the_inputs_untouched(tiny_models):
+    receiver = ragged_receiver(tiny_models, "receiver", True, None)
+    prompt = receiver.soft_prompt(torch.randn(2, 4, receiver.embed.embedding_dim), "Q:{soft_tokens}A:")
+    before = [(keys.clone(), values.clone()) for keys, values in prompt.prefix.layers]
+    with torch.no_grad():
+        first, again = receiver.class_scores(prompt), receiver.class_scores(prompt)
+    assert torch.equal(first, again)
+    for (keys, values), (old_keys, old_values) in zip(prompt.prefix.layers, before):
+        assert torch.equal(keys, old_keys) and torch.equal(values, old_values)
+
+
+def test_verbalizer_trie_scores_only_where_verbalizers_part_ways():
+    trie = verbalizer_trie([[1, 2, 3], [1], [1, 2], [4, 5], [1, 2, 6], [7, 8, 9]])
+    assert trie.firsts == [1, 1, 1, 4, 1, 7] and trie.roots == [1, 4, 7]
+    assert trie.paths == [[1, 2]]              # (1,) and (1, 2) are complete verbalizers others continue
+    node = {tuple(path[:j + 1]): n for path, nodes in zip(trie.paths, trie.path_nodes) for j, n in enumerate(nodes)}
+    assert trie.candidates[node[(1,)]] is None and trie.candidates[node[1, 2]] is None   # whole vocabulary
+    steps = sorted(zip(trie.step_classes, trie.step_nodes, trie.step_targets))
+    # (4,) -> 5 and (7,) -> 8 -> 9 are the only ways on: no steps, nothing fed
+    assert steps == sorted([(0, node[(1,)], 2), (0, node[1, 2], 3), (2, node[(1,)], 2),
+                            (4, node[(1,)], 2), (4, node[1, 2], 6)])
+
+
+def test_verbalizer_trie_normalises_a_branch_over_its_continuations():
+    trie = verbalizer_trie([[1, 2], [1, 3], [1, 3, 4], [5]])
+    assert trie.paths == [[1, 3]]
+    node = {tuple(path[:j + 1]): n for path, nodes in zip(trie.paths, trie.path_nodes) for j, n in enumerate(nodes)}
+    assert trie.candidates[node[(1,)]] == [2, 3] and trie.candidates[node[1, 3]] is None

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from interlingua import relay, zoo
-from interlingua.evaluate import COLUMNS
+from interlingua.errors import ConfigError
+from interlingua.evaluate import COLUMNS, predict
 from interlingua.few_shot import (batches, demonstration_block, evaluate_few_shot, few_shot_scores,
                                   pick_demonstrations, query_texts)
 from interlingua.receiver import Prompt, Receiver
-from interlingua.tasks import materialize_split
+from interlingua.tasks import materialize_split, read_split
 
 CPU = torch.device("cpu")
 
@@ -169,21 +170,98 @@ def test_partial_file_of_another_request_is_discarded(tiny_models, sst2_like_tas
     assert "stale" not in out.read_text()
 
 
+RELAY_METRICS = ["accuracy", "seconds_per_example", "generated_tokens", "relay_at_token_limit",
+                 "relay_seconds_per_example"]
+
+
+def evaluate(tiny_models, task, relays, splits, out, *, mode="summary", **kwargs):
+    train, valid = splits
+    return relay.evaluate_relay(relays, valid, tiny_models["receiver"], out, task_name="toy", task=task, mode=mode,
+                                sender_alias="s", receiver_alias="r", batch_size=4, device=CPU, dtype=torch.float32,
+                                train_split=train, **kwargs)
+
+
 @pytest.mark.parametrize("mode", ["summary", "cot"])
-def test_evaluate_relay_writes_tidy_rows(tiny_models, sst2_like_task, splits, tmp_path, mode):
+def test_evaluate_relay_writes_tidy_rows_per_seed(tiny_models, sst2_like_task, splits, tmp_path, mode):
     _, valid = splits
     relays = generate(tiny_models, sst2_like_task, valid, tmp_path / f"{mode}.jsonl", mode=mode)
-    out = relay.evaluate_relay(relays, valid, tiny_models["receiver"], tmp_path / f"{mode}.csv", task_name="toy",
-                               task=sst2_like_task, mode=mode, sender_alias="s", receiver_alias="r", batch_size=4,
-                               device=CPU, dtype=torch.float32)
+    out = evaluate(tiny_models, sst2_like_task, relays, splits, tmp_path / f"{mode}.csv", mode=mode, shots=3,
+                   seeds=[0, 1])
     frame = pd.read_csv(out, keep_default_na=False)
     assert list(frame.columns) == COLUMNS
     assert set(frame.method) == {relay.METHODS[mode]} and set(frame.sender) == {"s"} and set(frame.receiver) == {"r"}
-    assert list(frame.metric) == ["accuracy", "seconds_per_example", "generated_tokens", "relay_at_token_limit",
-                                  "relay_seconds_per_example"]
+    assert set(frame.variant) == {""}  # report tables select relays by method, variant ""
+    assert list(frame.seed) == [0] * 5 + [1] * 5 and list(frame.metric) == RELAY_METRICS * 2
     assert (frame.n == 8).all()
-    assert frame.set_index("metric").value["generated_tokens"] == pytest.approx(
-        sum(r["generated_tokens"] for r in without_seconds(relays)) / 8)
+    assert frame[frame.metric == "generated_tokens"].value.tolist() == pytest.approx(
+        [sum(r["generated_tokens"] for r in without_seconds(relays)) / 8] * 2)
+
+
+def test_relay_prompt_is_the_demonstrations_then_the_relay(tiny_models, sst2_like_task):
+    demos = [{"text": "good", "label": 1}, {"text": "bad", "label": 0}]
+    prefix, queries = relay.receiver_prompts(sst2_like_task, ["a short summary", "another"], demos)
+    assert prefix + queries[0] == ("Review: good\nSentiment: positive\n\nReview: bad\nSentiment: negative"
+                                   "\n\nReview: a short summary\nSentiment:")
+    assert prefix == demonstration_block(sst2_like_task, demos)  # exactly the k-shot baseline's demonstrations
+    assert queries[1] == "\n\n" + relay.receiver_text(sst2_like_task, "another")
+    # prompts.relay is the query's template only: demonstrations stay raw texts in prompts.text
+    task = dict(sst2_like_task, prompts=dict(sst2_like_task["prompts"], relay="Summary: {relay}\nSentiment:"))
+    prefix, queries = relay.receiver_prompts(task, ["short"], demos)
+    assert prefix + queries[0] == ("Review: good\nSentiment: positive\n\nReview: bad\nSentiment: negative"
+                                   "\n\nSummary: short\nSentiment:")
+    # the cached prefix and the queries tokenize as the whole prompt does
+    tokenizer = zoo.load_tokenizer(tiny_models["receiver"])
+    tokenize = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for query in relay.receiver_prompts(sst2_like_task, ["a short summary", "", "x\n\ny"], demos)[1]:
+        assert tokenize(prefix) + tokenize(query) == tokenize(prefix + query)
+    # no demonstrations: the relay text alone, as the receiver read it before
+    assert relay.receiver_prompts(sst2_like_task, ["s"], []) == ("", [relay.receiver_text(sst2_like_task, "s")])
+
+
+def test_receiver_reads_the_few_shot_baselines_demonstrations_per_seed(tiny_models, sst2_like_task, splits, tmp_path,
+                                                                      monkeypatch):
+    train, valid = splits
+    relays = generate(tiny_models, sst2_like_task, valid, tmp_path / "summary.jsonl")
+    texts = [json.loads(line)["relay"] for line in open(relays)]
+    real, read = relay.few_shot_scores, []
+
+    def recording(receiver, prefix_ids, query_ids, batch_size, desc=""):
+        read.append((receiver.tokenizer.decode(prefix_ids), [receiver.tokenizer.decode(q) for q in query_ids]))
+        return real(receiver, prefix_ids, query_ids, batch_size, desc)
+
+    monkeypatch.setattr(relay, "few_shot_scores", recording)
+    evaluate(tiny_models, sst2_like_task, relays, splits, tmp_path / "out.csv", shots=3, seeds=[0, 1])
+    training, _ = read_split(train)
+    assert len(read) == 2
+    for seed, (prefix, queries) in zip([0, 1], read):
+        demos = pick_demonstrations(training, 3, seed)
+        assert prefix.endswith(demonstration_block(sst2_like_task, demos))  # <bos>, then the demonstrations
+        assert queries == ["\n\n" + relay.receiver_text(sst2_like_task, t) for t in texts]
+    assert read[0][0] != read[1][0]  # each seed draws other demonstrations
+
+
+def test_zero_shots_reads_the_relay_alone_as_before(tiny_models, sst2_like_task, splits, tmp_path, monkeypatch):
+    train, valid = splits
+    relays = generate(tiny_models, sst2_like_task, valid, tmp_path / "summary.jsonl")
+    monkeypatch.setattr(relay, "few_shot_scores", lambda *a, **k: pytest.fail("zero-shot reads no demonstrations"))
+    frame = pd.read_csv(evaluate(tiny_models, sst2_like_task, relays, splits, tmp_path / "zero.csv", shots=0,
+                                 seeds=[0, 1]), keep_default_na=False)
+    assert set(frame.seed) == {""} and list(frame.metric) == RELAY_METRICS  # one row set, no seed
+    # the old evaluation: each relay in the receiver's template, scored alone
+    receiver = Receiver(zoo.load_model(tiny_models["receiver"], CPU, torch.float32),
+                        zoo.load_tokenizer(tiny_models["receiver"]), sst2_like_task["verbalizers"])
+    texts = [relay.receiver_text(sst2_like_task, json.loads(line)["relay"]) for line in open(relays)]
+    labels = torch.tensor([e["label"] for e in read_split(valid)[0]])
+    predictions = predict(receiver, lambda rows: receiver.text_prompt([texts[r] for r in rows]), len(texts), 4, "")
+    assert frame.set_index("metric").value["accuracy"] == pytest.approx((predictions == labels).float().mean().item())
+    relay_texts = [json.loads(line)["relay"] for line in open(relays)]
+    assert torch.equal(relay.receiver_predictions(receiver, sst2_like_task, relay_texts, [], 4, ""), predictions)
+
+
+def test_demonstrations_need_a_train_split_and_seeds(tiny_models, sst2_like_task, splits, tmp_path):
+    relays = generate(tiny_models, sst2_like_task, splits[1], tmp_path / "summary.jsonl")
+    with pytest.raises(ConfigError, match="relay.shots"):
+        evaluate(tiny_models, sst2_like_task, relays, splits, tmp_path / "out.csv", shots=2, seeds=[])
 
 
 def test_receiver_prompt_uses_prompts_relay_when_given(sst2_like_task):
@@ -214,7 +292,7 @@ def test_cli_subcommands(tiny_models, sst2_like_task, splits, tmp_path):
 
     train, valid = splits
     spec = {"task": sst2_like_task, "runtime": {"device": "cpu", "dtype": "float32"}, "batch_size": 4,
-            "relay": {"max_new_tokens": 4}, "few_shot": {"shots": 2}}
+            "relay": {"max_new_tokens": 4, "shots": 2}, "few_shot": {"shots": 2}, "seeds": [0, 4]}
     common = ["--spec", json.dumps(spec), "--threads", "1"]
     assert main(["eval-few-shot", *common, "--task", "toy", "--alias", "r", "--train-split", str(train),
                  "--split", str(valid), "--model-dir", str(tiny_models["receiver"]), "--seed", "3",
@@ -222,8 +300,8 @@ def test_cli_subcommands(tiny_models, sst2_like_task, splits, tmp_path):
     assert main(["generate-relay", *common, "--mode", "cot", "--sender-dir", str(tiny_models["sender"]),
                  "--split", str(valid), "--out", str(tmp_path / "cot.jsonl")]) == 0
     assert main(["eval-relay", *common, "--task", "toy", "--mode", "cot", "--sender", "s", "--receiver", "r",
-                 "--relay", str(tmp_path / "cot.jsonl"), "--split", str(valid),
+                 "--relay", str(tmp_path / "cot.jsonl"), "--train-split", str(train), "--split", str(valid),
                  "--receiver-dir", str(tiny_models["receiver"]), "--out", str(tmp_path / "cot.csv")]) == 0
-    few_shot, cot = pd.read_csv(tmp_path / "fs.csv"), pd.read_csv(tmp_path / "cot.csv")
+    few_shot, cot = pd.read_csv(tmp_path / "fs.csv"), pd.read_csv(tmp_path / "cot.csv", keep_default_na=False)
     assert set(few_shot.variant) == {"2_shot"} and set(few_shot.seed) == {3}
-    assert set(cot.method) == {"cot_relay"}
+    assert set(cot.method) == {"cot_relay"} and set(cot.seed) == {0, 4} and set(cot.variant) == {""}

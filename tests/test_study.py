@@ -77,3 +77,31 @@ def test_full_and_paper_configs_plan_the_complete_study(name):
     figures = study.study_figures(config)
     assert len([f for f in figures if f.endswith(".md")]) == 12   # tables 1-10, table_main, neighbours
     assert len(study.study_results(config)) > 100
+
+
+def test_a_pair_can_run_fewer_tasks_and_seeds_and_skip_the_relay():
+    reverse = {"sender": "tiny_gemma3", "receiver": "tiny_llama", "seeds": [5], "tasks": ["sst2"],
+               "text_relay": False}
+    config = study_with({"seeds": [0, 1], "pairs": [{"sender": "tiny_llama", "receiver": "tiny_gemma3"}, reverse]})
+    main_runs = {(r["sender"], r["task"], r["seed"]) for r in study.bridge_runs(config) if r["bridge"] == "perceiver"}
+    assert ("tiny_gemma3", "sst2", 5) in main_runs
+    assert not {("tiny_gemma3", "piqa", s) for s in (0, 1, 5)} & main_runs        # only its own task
+    assert ("tiny_llama", "piqa", 1) in main_runs                                   # the main pair keeps both
+    relays = [f for f in study.study_results(config) if f.startswith("results/relay/text_relay/")]
+    assert relays and all("/tiny_llama/tiny_gemma3/" in f for f in relays)
+    assert all("sender" in r and set(r) == {"sender", "receiver", "bridge", "task", "seed"}
+               for r in study.bridge_runs(config))
+
+
+def test_a_pair_task_outside_the_study_is_refused():
+    with pytest.raises(ConfigError, match=r"study.pairs\[1\].tasks\[0\]"):
+        study_with({"pairs": [{"sender": "tiny_llama", "receiver": "tiny_gemma3"},
+                              {"sender": "tiny_gemma3", "receiver": "tiny_llama", "tasks": ["trec"]}]})
+
+
+def test_few_shot_seeds_default_to_the_study_seeds():
+    from interlingua.config import deep_merge, read_yaml, validate_config
+    raw = deep_merge(read_yaml(REPO / "params.yaml"), read_yaml(REPO / "config/smoke.yaml"))
+    raw["few_shot"].pop("seeds")
+    raw["study"]["seeds"] = [3, 4]
+    assert validate_config(raw, base_dir=REPO)["few_shot"]["seeds"] == [3, 4]

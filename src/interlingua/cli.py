@@ -134,7 +134,8 @@ def cmd_eval_relay(args):
     spec, device, dtype = _runtime(args)
     evaluate_relay(args.relay, args.split, args.receiver_dir, args.out, task_name=args.task, task=spec["task"],
                    mode=args.mode, sender_alias=args.sender, receiver_alias=args.receiver,
-                   batch_size=spec["batch_size"], device=device, dtype=dtype,
+                   batch_size=spec["batch_size"], device=device, dtype=dtype, shots=spec["relay"]["shots"],
+                   seeds=spec.get("seeds", []), train_split=args.train_split,
                    eval_rows=spec["relay"].get("eval_rows"))
 
 
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("--mode", mode), ("--sender-dir", req), ("--split", req), ("--out", req))
     command("eval-relay", cmd_eval_relay, "receiver accuracy from text relays, with the relay's cost",
             ("--task", req), ("--mode", mode), ("--sender", req), ("--receiver", req), ("--relay", req),
+            ("--train-split", {"help": "demonstrations for the receiver (needed when relay.shots > 0)"}),
             ("--split", req), ("--receiver-dir", req), ("--out", req))
     serving = [("--task", req), ("--sender", req), ("--receiver", req), ("--bridge", req), ("--split", req),
                ("--sender-dir", req), ("--receiver-dir", req), ("--checkpoint", req), ("--out", req)]

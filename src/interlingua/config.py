@@ -113,6 +113,9 @@ def _check_references(config: dict) -> None:
     for i, pair in enumerate(study["pairs"]):
         for role in ("sender", "receiver"):
             _require("model alias", pair[role], models, f"study.pairs[{i}].{role}")
+        for j, task in enumerate(pair.get("tasks", [])):
+            _require("task of study.tasks", task, dict.fromkeys(study["tasks"]), f"study.pairs[{i}].tasks[{j}]")
+    config["few_shot"].setdefault("seeds", list(study["seeds"]))
     for i, name in enumerate(study["bridges"]):
         _require("bridge", name, bridges, f"study.bridges[{i}]")
     study.setdefault("zero_shot", sorted({m for p in study["pairs"] for m in (p["sender"], p["receiver"])}))

@@ -9,6 +9,7 @@ continues from it, so training and evaluation never recompute it.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,11 +20,20 @@ import torch.nn.functional as F
 from .fused_head import head_nll
 
 SOFT = "{soft_tokens}"
+# Cached positions (rows x sequence length) per chunk when verbalizers continue one prompt cache: bounds the
+# expanded KV cache (about 300 MB for Gemma-3 270M in fp32).
+SCORE_CHUNK_POSITIONS = 8192
+HEAD_CHUNK_ROWS = 64  # rows of full-vocabulary logits at a time on the unfused head (262k columns for Gemma-3)
 
 
 def cache_kwarg(decoder) -> str:
     """Name of the KV-cache argument: `cache` from transformers 5.x (the rename), else `past_key_values`."""
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a decoder returned, under either name."""
+    return getattr(out, "cache", None) or out.past_key_values
 
 
 @dataclass
@@ -50,6 +60,68 @@ class Prompt(NamedTuple):
     prefix: PrefixCache | None = None
 
 
+@dataclass
+class VerbalizerTrie:
+    """The verbalizers as a prefix tree, for scoring every class from one prompt cache.
+
+    Scoring is decoding constrained to the label strings: at the root and at every prefix where
+    verbalizers part ways, the next token is normalised over the tokens that continue some
+    verbalizer there. A token that is the only way on carries no information and is not fed.
+    Where a complete verbalizer is also the prefix of a longer one (" top up" / " top up limits"),
+    the longer one's next token is normalised over the whole vocabulary so it still pays for its
+    extra words. When the first tokens are distinct this is the same argmax as first-token scoring.
+    """
+    firsts: list[int]                   # (C,) each class's first token
+    roots: list[int]                    # (R,) the distinct first tokens, normalised over each other
+    paths: list[list[int]]              # token sequences fed after the prompt to reach every scored node
+    path_nodes: list[list[int]]         # the node at each position of each path
+    candidates: list[list[int] | None]  # (N,) each node's next tokens (None: the whole vocabulary)
+    step_nodes: list[int]               # (S,) step s adds log p(step_targets[s] | step_nodes[s])
+    step_targets: list[int]             #      to class step_classes[s]
+    step_classes: list[int]
+
+    @property
+    def count(self) -> int:
+        return len(self.candidates)
+
+
+def verbalizer_trie(verbalizer_ids: list[list[int]]) -> VerbalizerTrie:
+    """The prefix tree of the verbalizers' token ids (C lists)."""
+    following: dict[tuple[int, ...], list[int]] = {}
+    for ids in verbalizer_ids:
+        for j, token in enumerate(ids):
+            after = following.setdefault(tuple(ids[:j]), [])
+            if token not in after:
+                after.append(token)
+    complete = {tuple(ids) for ids in verbalizer_ids}
+    scored = {prefix for prefix, after in following.items() if prefix and (len(after) > 1 or prefix in complete)}
+    # Feed the longest scored prefixes: their positions give every scored node on the way.
+    paths = [list(p) for p in sorted(scored) if not any(q[:len(p)] == p and q != p for q in scored)]
+    nodes: dict[tuple[int, ...], int] = {}
+    path_nodes = [[nodes.setdefault(tuple(path[:j + 1]), len(nodes)) for j in range(len(path))] for path in paths]
+    candidates = [None] * len(nodes)
+    for prefix, n in nodes.items():
+        candidates[n] = None if prefix in complete else list(following.get(prefix, []))
+    steps = [(nodes[tuple(ids[:j])], ids[j], c) for c, ids in enumerate(verbalizer_ids)
+             for j in range(1, len(ids)) if tuple(ids[:j]) in scored]
+    step_nodes, step_targets, step_classes = (list(column) for column in zip(*steps)) if steps else ([], [], [])
+    return VerbalizerTrie([ids[0] for ids in verbalizer_ids], following[()], paths, path_nodes, candidates,
+                          step_nodes, step_targets, step_classes)
+
+
+def length_chunks(lengths: list[int], cost) -> list[list[int]]:
+    """Indices grouped by equal length (so nothing is padded), each group split so that
+    len(chunk) * cost(length) stays within SCORE_CHUNK_POSITIONS (at least one per chunk)."""
+    chunks: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        last = chunks[-1] if chunks else []
+        if last and lengths[last[0]] == lengths[i] and (len(last) + 1) * cost(lengths[i]) <= SCORE_CHUNK_POSITIONS:
+            last.append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
 def embedding_rms(model, sample: int = 4096, seed: int = 0) -> float:
     """RMS of the receiver's input embeddings as the model itself produces them (Gemma scales by sqrt(d))."""
     embed = model.get_input_embeddings()
@@ -72,6 +144,7 @@ class Receiver:
         firsts = [ids[0] for ids in self.verbalizer_ids]
         # One forward pass scores all classes when their first tokens differ.
         self.first_token_scoring = len(set(firsts)) == len(firsts)
+        self.trie = verbalizer_trie(self.verbalizer_ids)  # else: constrained decoding from one prompt pass
         self._cache_kwarg = cache_kwarg(self.decoder)
         self._prefixes: dict[tuple[int, ...], PrefixCache] = {}
         # On CPU the big fp32 head is memory-bound: one fused pass for loss and gradient (fused_head.py).
@@ -90,8 +163,7 @@ class Receiver:
         if key not in self._prefixes:
             with torch.no_grad():
                 out = self.decoder(inputs_embeds=self.ids_embeds(ids).unsqueeze(0), use_cache=True)
-            cache = getattr(out, "cache", None) or out.past_key_values
-            layers = [(layer.keys.detach(), layer.values.detach()) for layer in cache.layers]
+            layers = [(layer.keys.detach(), layer.values.detach()) for layer in returned_cache(out).layers]
             self._prefixes[key] = PrefixCache(layers, len(ids))
         return self._prefixes[key]
 
@@ -119,6 +191,22 @@ class Receiver:
             mask[i, longest - len(row):] = 1
         return embeds, mask
 
+    def _forward(self, prompt: Prompt, use_cache: bool = False):
+        """The trunk over a prompt, after its cached prefix if any: the decoder output (last_hidden_state
+        (B, T, d), and the cache if kept) and the attention mask over prefix and prompt (B, P + T)."""
+        embeds, mask, prefix = prompt
+        if prefix is None:
+            full_mask, cache = mask, {}
+        else:
+            batch = embeds.shape[0]
+            full_mask = torch.cat([mask.new_ones(batch, prefix.length), mask], dim=1)  # (B, P + T)
+            cache = {self._cache_kwarg: prefix.for_batch(batch, self.model.config)}
+        # Left padding: each row counts its positions from its first real token.
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -mask.shape[1]:]
+        out = self.decoder(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
+                           use_cache=use_cache or prefix is not None, **cache)
+        return out, full_mask
+
     def _last_hidden(self, prompt: Prompt, keep: int) -> torch.Tensor:
         """Final hidden states (B*keep, d) of the last `keep` positions, as one contiguous 2-D block.
 
@@ -126,28 +214,18 @@ class Receiver:
         makes the head a batched matmul against a copy of the (262k x 640 for Gemma-3) head per
         example, about 50x slower on CPU, backward included.
         """
-        embeds, mask, prefix = prompt
-        if prefix is None:
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            hidden = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                  use_cache=False).last_hidden_state                 # (B, T, d)
-        else:
-            batch = embeds.shape[0]
-            full_mask = torch.cat([mask.new_ones(batch, prefix.length), mask], dim=1)  # (B, P + T)
-            positions = (full_mask.cumsum(-1) - 1)[:, prefix.length:]
-            cache = {self._cache_kwarg: prefix.for_batch(batch, self.model.config)}
-            hidden = self.decoder(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
-                                  use_cache=True, **cache).last_hidden_state        # (B, T, d)
+        hidden = self._forward(prompt)[0].last_hidden_state                          # (B, T, d)
         return hidden[:, -keep:].reshape(-1, hidden.shape[-1])                       # (B*keep, d)
 
     def _head(self, hidden, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Output logits for all vocabulary rows, or only `rows` (cheap candidate scoring)."""
         weight = self.head.weight if rows is None else self.head.weight[rows]
         bias = self.head.bias if rows is None or self.head.bias is None else self.head.bias[rows]
-        logits = torch.nn.functional.linear(hidden, weight, bias).float()
-        if self.softcap:  # Gemma-2-style final logit soft-capping
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return self._cap(torch.nn.functional.linear(hidden, weight, bias).float())
+
+    def _cap(self, logits: torch.Tensor) -> torch.Tensor:
+        """Gemma-2-style final logit soft-capping, when the model has it."""
+        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
 
     def _logits(self, prompt: Prompt, keep: int):
         """Logits (B, keep, V) of the last `keep` positions."""
@@ -183,17 +261,83 @@ class Receiver:
 
     def class_scores(self, prompt: Prompt) -> torch.Tensor:
         """(B, C) scores, highest = predicted: first-token logits when the verbalizers' first tokens are
-        distinct, else summed sequence log-probs."""
+        distinct, else log-probs under decoding constrained to the label strings (`VerbalizerTrie`)."""
         if self.first_token_scoring:
             # Only the candidates' rows of the head: the argmax over classes is the same as over
             # their log-probabilities (one shared normaliser), at a fraction of a 262k-way head.
             firsts = torch.tensor([ids[0] for ids in self.verbalizer_ids], device=self.device)
             return self._head(self._last_hidden(prompt, keep=1), firsts)
-        scores = []
-        for ids in self.verbalizer_ids:
-            logprobs, valid = self.target_logprobs(prompt, [ids] * prompt.embeds.shape[0])
-            scores.append((logprobs * valid).sum(-1))
-        return torch.stack(scores, dim=-1)
+        return self._sequence_scores(prompt)
+
+    def _sequence_scores(self, prompt: Prompt) -> torch.Tensor:
+        """(B, C) log-probs of every verbalizer under decoding constrained to the label strings
+        (`VerbalizerTrie`), inference only: the prompt runs once and the scored prefixes continue
+        from its KV cache."""
+        trie = self.trie
+        out, mask = self._forward(prompt, use_cache=True)
+        last = out.last_hidden_state[:, -1]                                           # (B, d)
+        roots = self._head(last, torch.tensor(trie.roots, device=self.device)).log_softmax(-1)  # (B, R)
+        scores = roots[:, torch.tensor([trie.roots.index(t) for t in trie.firsts], device=self.device)]  # (B, C)
+        if trie.step_nodes:
+            nodes = self._node_hidden(returned_cache(out), mask, trie)                # (B, N, d)
+            classes = torch.tensor(trie.step_classes, device=self.device)
+            scores.index_add_(1, classes, self._step_logprobs(nodes, trie))           # (B, S) summed per class
+        return scores
+
+    def _node_hidden(self, cache, mask: torch.Tensor, trie: VerbalizerTrie) -> torch.Tensor:
+        """Final hidden state (B, N, d) at every trie node after every prompt row (mask (B, P + T)), with the
+        trie's paths fed from the prompt's cache in chunks of equal length and bounded cache size."""
+        batch, width = mask.shape
+        nodes = None
+        lengths = [len(path) for path in trie.paths]
+        for chunk in length_chunks(lengths, cost=lambda length: batch * (width + length)):
+            hidden = self._continue(cache, mask, torch.tensor([trie.paths[i] for i in chunk], device=self.device))
+            if nodes is None:
+                nodes = hidden.new_zeros(batch, trie.count, hidden.shape[-1])
+            nodes[:, torch.tensor([trie.path_nodes[i] for i in chunk], device=self.device)] = hidden
+        return nodes
+
+    def _continue(self, cache, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, K, L, d) of K token sequences ids (K, L) fed after every prompt row, from
+        the prompt's cache (left untouched) and mask (B, P + T). Row b*K + k continues prompt b."""
+        (batch, width), (count, length) = mask.shape, ids.shape
+        embeds = self.embed(ids).repeat(batch, 1, 1)                                 # (B*K, L, d)
+        full_mask = torch.cat([mask.repeat_interleave(count, 0), mask.new_ones(batch * count, length)], 1)
+        positions = (full_mask.cumsum(-1) - 1)[:, width:]                            # continue each prompt row
+        rows = copy.deepcopy(cache)  # every chunk continues the same prompt cache: expand a copy
+        rows.batch_select_indices(torch.arange(batch, device=self.device).repeat_interleave(count))
+        hidden = self.decoder(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
+                              use_cache=True, **{self._cache_kwarg: rows}).last_hidden_state  # (B*K, L, d)
+        return hidden.view(batch, count, length, -1)
+
+    def _step_logprobs(self, nodes: torch.Tensor, trie: VerbalizerTrie) -> torch.Tensor:
+        """(B, S) log p(target | node) of every step: one normaliser per node over its candidates (the
+        whole vocabulary where it is None), shared by the steps that leave it."""
+        batch, count, width = nodes.shape
+        normalisers = nodes.new_zeros(batch, count, dtype=torch.float32)                   # (B, N)
+        full = [n for n, tokens in enumerate(trie.candidates) if tokens is None]
+        if full:
+            normalisers[:, full] = self._log_normalisers(nodes[:, full].reshape(-1, width)).view(batch, -1)
+        for n, tokens in enumerate(trie.candidates):
+            if tokens is not None:
+                normalisers[:, n] = self._head(nodes[:, n], torch.tensor(tokens, device=self.device)).logsumexp(-1)
+        step_nodes = torch.tensor(trie.step_nodes, device=self.device)
+        logits = self._target_logits(nodes[:, step_nodes], torch.tensor(trie.step_targets, device=self.device))
+        return logits - normalisers[:, step_nodes]
+
+    def _target_logits(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The head's (soft-capped) logit of one target per hidden state: (..., d), (...) -> (...)."""
+        logits = (hidden.float() * self.head.weight[targets].float()).sum(-1)
+        if self.head.bias is not None:
+            logits = logits + self.head.bias[targets].float()
+        return self._cap(logits)
+
+    def _log_normalisers(self, hidden: torch.Tensor) -> torch.Tensor:
+        """logsumexp of the full-vocabulary logits (N,), without holding (N, V) logits at once."""
+        if self._fused_head:  # the fused NLL of any token is logsumexp minus that token's logit
+            zeros = torch.zeros(hidden.shape[0], dtype=torch.long, device=self.device)
+            return head_nll(hidden, self.head.weight, zeros, self.softcap) + self._target_logits(hidden, zeros)
+        return torch.cat([self._head(rows).logsumexp(-1) for rows in hidden.split(HEAD_CHUNK_ROWS)])
 
 
 def diversity_penalty(soft: torch.Tensor) -> torch.Tensor:

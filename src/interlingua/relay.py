@@ -12,18 +12,36 @@ Relays stream to `<out>.partial` (a header line with the request, then one JSON 
 and a rerun resumes from it: batches are fixed by the sorted input lengths, so a resumed run
 generates exactly what an uninterrupted one does. When complete, the rows are written to `<out>` in
 split order, with `<out stem>.meta.json` (request, fingerprint, summary numbers).
+
+The receiver reads the relay with the same k demonstrations as its own k-shot baseline
+(`relay.shots`, default 5): a small receiver is near chance zero-shot even on the raw text
+(Gemma-3-270M on SST-2: 0.511 zero-shot, 0.850 5-shot), so a zero-shot reading of the relay would
+measure the receiver's ignorance of the label format, not what the relay carries. The layout is
+few_shot.py's, with the relay as the query:
+    <bos> text(demo 1) + verbalizer(demo 1) \\n\\n ... text(demo k) + verbalizer(demo k) | \\n\\n relay text
+The demonstrations are raw training texts answered by their verbalizers, so the receiver learns the
+label format (`few_shot.pick_demonstrations` on the train split, `few_shot.demonstration_block`),
+drawn per seed exactly as the k-shot baseline draws them (its seeds, by default the study's: same
+seed, same demonstrations); the query is the relay in the receiver's template (`receiver_text`).
+Everything before `|` is cached once per seed and scored with `few_shot.few_shot_scores` (batches
+that never pad past a sliding window). One row set per seed, so the tables report mean ± std over
+seeds as they do for k-shot. `shots: 0` is the old zero-shot reading: the relay text alone, one row
+set with an empty seed.
 """
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from . import zoo
+from .errors import ConfigError
 from .evaluate import _receiver, predict, rows_for, write_rows
+from .few_shot import SEPARATOR, demonstration_block, few_shot_scores, pick_demonstrations
 from .fingerprint import fingerprint
 from .tasks import read_jsonl, read_split, subsample
 
@@ -190,11 +208,42 @@ def receiver_text(task: dict, relay: str) -> str:
     return prompts["relay"].format(relay=relay) if "relay" in prompts else prompts["text"].format(text=relay)
 
 
+def receiver_prompts(task: dict, relays: list[str], demonstrations: list[dict]) -> tuple[str, list[str]]:
+    """What the receiver reads after its tokenizer prefix (<bos>), split as few_shot.py splits it: the
+    shared prefix (the demonstration block; "" without demonstrations) and one query per relay (the
+    separator, then the relay in the receiver's template). prefix + query is the whole prompt."""
+    if not demonstrations:
+        return "", [receiver_text(task, relay) for relay in relays]
+    return demonstration_block(task, demonstrations), [SEPARATOR + receiver_text(task, relay) for relay in relays]
+
+
+def receiver_predictions(receiver, task: dict, relays: list[str], demonstrations: list[dict], batch_size: int,
+                         desc: str) -> torch.Tensor:
+    """Predicted class per relay. Without demonstrations: each relay text alone (the zero-shot path of
+    evaluate.py). With them: the demonstration block's KV cache computed once, every batch continues
+    from it (few_shot.few_shot_scores)."""
+    prefix, queries = receiver_prompts(task, relays, demonstrations)
+    if not demonstrations:
+        return predict(receiver, lambda batch: receiver.text_prompt([queries[r] for r in batch]), len(queries),
+                       batch_size, desc=desc)
+    tokenize = lambda text: receiver.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prefix_ids = receiver.prefix_ids + tokenize(prefix)
+    scores = few_shot_scores(receiver, prefix_ids, [tokenize(q) for q in queries], batch_size, desc=desc)
+    receiver._prefixes.pop(tuple(prefix_ids), None)  # one prefix per seed: do not keep the others' caches
+    return scores.argmax(-1)
+
+
 def evaluate_relay(relay_path, split_path, receiver_dir, out_path, *, task_name: str, task: dict, mode: str,
-                   sender_alias: str, receiver_alias: str, batch_size: int, device, dtype,
-                   eval_rows: int | None = None) -> Path:
+                   sender_alias: str, receiver_alias: str, batch_size: int, device, dtype, shots: int,
+                   seeds: Sequence[int] = (), train_split=None, eval_rows: int | None = None) -> Path:
     """Receiver accuracy from the relays, plus the relay's cost: mean generated tokens, the fraction
-    that hit max_new_tokens, and the sender's generation seconds per example."""
+    that hit max_new_tokens, and the sender's generation seconds per example.
+
+    With `shots` > 0 the receiver first reads `shots` demonstrations of `train_split`, drawn per seed
+    of `seeds` as the k-shot baseline draws them: one row set per seed (the cost rows repeated, so
+    every seed's set is complete). With `shots` 0, one zero-shot row set with an empty seed."""
+    if shots and (not seeds or train_split is None):
+        raise ConfigError(f"relay.shots = {shots}: the receiver's demonstrations need the train split and a seed")
     examples, meta = read_split(split_path)
     examples = relay_examples(examples, eval_rows)
     relays = {row["index"]: row for row in read_jsonl(Path(relay_path))}
@@ -202,22 +251,29 @@ def evaluate_relay(relay_path, split_path, receiver_dir, out_path, *, task_name:
     if missing:
         raise ValueError(f"{relay_path} has no relay for {len(missing)} rows of {split_path} (e.g. {missing[:3]})")
     rows = [relays[e["index"]] for e in examples]
-    receiver = _receiver(receiver_dir, task, device, dtype)
-    texts = [receiver_text(task, row["relay"]) for row in rows]
+    texts = [row["relay"] for row in rows]
     labels = torch.tensor([e["label"] for e in examples])
-    started = time.perf_counter()
-    predictions = predict(receiver, lambda batch: receiver.text_prompt([texts[r] for r in batch]), len(texts),
-                          batch_size, desc=f"{METHODS[mode]} {receiver_alias}")
-    seconds = time.perf_counter() - started
     relay_meta = relay_meta_path(relay_path)
     relay_fp = json.loads(relay_meta.read_text())["fingerprint"] if relay_meta.exists() else ""
-    base = {"task": task_name, "method": METHODS[mode], "sender": sender_alias, "receiver": receiver_alias,
-            "bridge": "", "seed": "", "fingerprint": ":".join(
-                [zoo.read_manifest(receiver_dir)["fingerprint"], relay_fp, meta["content_sha256"][:16]])}
-    result = rows_for(base, predictions, labels, seconds)
+    parts = [zoo.read_manifest(receiver_dir)["fingerprint"], relay_fp, meta["content_sha256"][:16]]
+    train = []
+    if shots:
+        train, train_meta = read_split(train_split)
+        parts.append(train_meta["content_sha256"][:16])
+    receiver = _receiver(receiver_dir, task, device, dtype)
     n = len(rows)
-    for metric, value in [("generated_tokens", sum(r["generated_tokens"] for r in rows) / n),
-                          ("relay_at_token_limit", sum(not r.get("finished", True) for r in rows) / n),
-                          ("relay_seconds_per_example", sum(r["seconds"] for r in rows) / n)]:
-        result.append(dict(base, variant="", n=n, metric=metric, value=value))
+    costs = [("generated_tokens", sum(r["generated_tokens"] for r in rows) / n),
+             ("relay_at_token_limit", sum(not r.get("finished", True) for r in rows) / n),
+             ("relay_seconds_per_example", sum(r["seconds"] for r in rows) / n)]
+    result = []
+    for seed in (seeds if shots else [""]):
+        demonstrations = pick_demonstrations(train, shots, seed) if shots else []
+        started = time.perf_counter()
+        predictions = receiver_predictions(receiver, task, texts, demonstrations, batch_size,
+                                           desc=f"{METHODS[mode]} {receiver_alias} {shots}-shot seed {seed}")
+        seconds = time.perf_counter() - started
+        base = {"task": task_name, "method": METHODS[mode], "sender": sender_alias, "receiver": receiver_alias,
+                "bridge": "", "seed": seed, "fingerprint": ":".join(parts)}
+        result += rows_for(base, predictions, labels, seconds)
+        result += [dict(base, variant="", n=n, metric=metric, value=value) for metric, value in costs]
     return write_rows(result, out_path)

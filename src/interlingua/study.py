@@ -85,8 +85,10 @@ def bridge_runs(config: dict) -> list[dict]:
     runs = []
     for task in study["tasks"]:
         for pair in study["pairs"]:
-            runs += [dict(pair, bridge=b, task=task, seed=s) for b in study["bridges"] for s in study["seeds"]]
-    first = study["pairs"][0]
+            if task in pair.get("tasks", study["tasks"]):
+                runs += [dict(pair_key(pair), bridge=b, task=task, seed=s) for b in study["bridges"]
+                         for s in pair.get("seeds", study["seeds"])]
+    first = pair_key(study["pairs"][0])
     variants = sweep_variants(study)
     sweeps = [("ablation", study["ablation"]["tasks"]), ("token_scaling", study["token_scaling"]["tasks"]),
               ("hyperparameters", study["hyperparameters"]["tasks"])]
@@ -99,6 +101,12 @@ def bridge_runs(config: dict) -> list[dict]:
                      for s in study["sweep_seeds"]]
     unique = {tuple(sorted(r.items())): r for r in runs}
     return list(unique.values())
+
+
+def pair_key(pair: dict) -> dict:
+    """{sender, receiver} of a `pairs` entry, without its own options (`seeds`, `tasks`, `text_relay`:
+    e.g. the reverse direction on fewer tasks and one seed)."""
+    return {"sender": pair["sender"], "receiver": pair["receiver"]}
 
 
 def pair_models(study: dict) -> list[str]:
@@ -124,11 +132,12 @@ def study_results(config: dict) -> list[str]:
     for task in study["tasks"]:
         out.append(f"results/random/{task}.csv")
         out += [f"results/zero_shot/{m}/{task}.csv" for m in study["zero_shot"]]
-        for seed in study["seeds"]:
+        for seed in config["few_shot"]["seeds"]:
             out += [f"results/few_shot/{m}/{task}/seed{seed}.csv" for m in study["few_shot"]]
+        for seed in study["seeds"]:
             out += [f"results/prompt_tuning/{r}/{task}/seed{seed}.csv" for r in study["prompt_tuning"]]
-        if study["text_relay"]:
-            out += [f"results/relay/text_relay/{p['sender']}/{p['receiver']}/{task}.csv" for p in study["pairs"]]
+        out += [f"results/relay/text_relay/{p['sender']}/{p['receiver']}/{task}.csv" for p in study["pairs"]
+                if p.get("text_relay", study["text_relay"])]
     first = study["pairs"][0]
     for task in study["finetune"]["tasks"]:
         out += [f"results/finetune/{method}/{first['receiver']}/{task}/seed{seed}.csv"

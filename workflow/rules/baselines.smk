@@ -59,23 +59,40 @@ rule generate_relay:
         "--spec {params.spec:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
+def relay_seeds():
+    """The k-shot baseline's demonstration draws (few_shot.seeds, default study.seeds): the relay's
+    receiver reads the same demonstrations per seed as the receiver's own k-shot run."""
+    return config["few_shot"].get("seeds", STUDY["seeds"])
+
+
+def relay_eval_request(w):
+    """eval_relay's spec. With relay.shots > 0 the receiver reads demonstrations drawn from the train
+    split once per seed (as eval_few_shot does): the seeds and that split's data decide the result."""
+    demonstrations = {}
+    if config["relay"]["shots"]:
+        demonstrations = {"seeds": relay_seeds(), "train_data": task_request(w.task, "train")}
+    return eval_request(w, relay=config["relay"], receiver=model_request(w.receiver), upstream=relay_request(w),
+                        **demonstrations)
+
+
 rule eval_relay:
-    """The receiver classifies from the sender's relay text."""
+    """The receiver classifies from the sender's relay text, after relay.shots training demonstrations
+    (drawn per seed as for the k-shot baseline; 0 = zero-shot)."""
     input:
         relay=rules.generate_relay.output[0],
+        train=lambda w: task_input(w.task, "train"),
         split=lambda w: task_input(w.task, "eval"),
         receiver=lambda w: model_input(w.receiver),
     output:
         "results/relay/{mode}/{sender}/{receiver}/{task}.csv",
     params:
         mode=lambda w: RELAY_MODES[w.mode],
-        spec=lambda w: eval_request(w, relay=config["relay"], receiver=model_request(w.receiver),
-                                    upstream=relay_request(w)),
+        spec=relay_eval_request,
     log:
         "logs/eval_relay/{mode}/{sender}/{receiver}/{task}.log",
     shell:
         "{CLI} eval-relay --task {wildcards.task} --mode {params.mode} --sender {wildcards.sender} "
-        "--receiver {wildcards.receiver} --relay {input.relay} --split {input.split} "
+        "--receiver {wildcards.receiver} --relay {input.relay} --train-split {input.train} --split {input.split} "
         "--receiver-dir {input.receiver} --spec {params.spec:q} --threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -123,8 +123,13 @@ def finetune_request(w):
 def relay_request(w):
     """What decides a relay file: the sender, the eval rows, the prompts and the generation budget."""
     return {"runtime": runtime(), "task": prompt_spec(config["tasks"][w.task]), "model": model_request(w.sender),
-            "data": task_request(w.task, "eval"), "relay": config["relay"],
+            "data": task_request(w.task, "eval"), "relay": relay_generation(),
             "batch_size": config["evaluate"]["batch_size"]}
+
+
+def relay_generation():
+    """The relay settings of generation (not `shots`: how the receiver reads it, see eval_relay)."""
+    return {key: value for key, value in config["relay"].items() if key != "shots"}
 
 
 def eval_request(w, **upstream):

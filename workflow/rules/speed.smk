@@ -16,7 +16,7 @@ def first_bridge_checkpoint(w):
 
 
 def speed_request(w):
-    return spec(runtime=runtime(), task=prompt_spec(config["tasks"][w.task]), relay=config["relay"],
+    return spec(runtime=runtime(), task=prompt_spec(config["tasks"][w.task]), relay=relay_generation(),
                 speed=config["speed"], data=task_request(w.task, "eval"),
                 models=[model_request(w.sender), model_request(w.receiver)],
                 bridge_run=bridge_request(main_bridge_run(w.sender, w.receiver, w.task)))
