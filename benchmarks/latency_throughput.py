@@ -5,6 +5,8 @@ at batch 16, bridge vs the receiver reading the text itself (target: >= 0.95 of 
 The bridge path runs the sender only up to the bridge's source layer and the receiver continues from
 the cached KV of the instruction's fixed part; the baselines' text prompts get the same prefix cache.
 The bridge is untrained (built and calibrated as in training): its cost does not depend on its weights.
+The relay's receiver reads the summary after the same `relay.shots` demonstrations as in evaluation
+(cached once as a KV prefix).
 """
 import argparse
 
@@ -14,6 +16,7 @@ from common import REPO, RECEIVER, SENDER, TASK, model_dir, report, rows
 from interlingua import zoo
 from interlingua.bridges import bridge_config, build_bridge
 from interlingua.config import load_config
+from interlingua.few_shot import pick_demonstrations
 from interlingua.receiver import Receiver, embedding_rms
 from interlingua.speed import Serving, latency_rows, throughput_rows
 
@@ -39,8 +42,10 @@ def main():
     torch.manual_seed(0)
     bridge = build_bridge(BRIDGE["type"], config).eval()
     bridge.calibrate(embedding_rms(model))
+    shots = CONFIG["relay"]["shots"]
+    demonstrations = pick_demonstrations(rows("train"), shots, CONFIG["few_shot"]["seeds"][0]) if shots else []
     serving = Serving(sender, zoo.load_tokenizer(model_dir(SENDER)), receiver, bridge, config.source_layer, task,
-                      MAX_NEW_TOKENS, cpu, torch.float32)
+                      MAX_NEW_TOKENS, cpu, torch.float32, demonstrations)
     base = {"task": TASK, "sender": SENDER, "receiver": RECEIVER, "bridge": BRIDGE["type"], "seed": 0,
             "fingerprint": ""}
     texts = [row["text"] for row in rows("validation", max(args.latency_examples, 16 * args.batches))]

@@ -155,3 +155,23 @@ def test_cli_measures(setup, tmp_path, name, speed):
     assert code == 0
     rows = pd.read_csv(tmp_path / "speed.csv", keep_default_na=False)
     assert set(rows.n) == {2} and (rows.value > 0).all()
+
+
+def test_relay_path_reads_the_demonstrations_as_the_evaluation_does(setup, toy_mirror, tmp_path, monkeypatch):
+    from interlingua import speed
+    from interlingua.few_shot import pick_demonstrations
+    from interlingua.relay import receiver_predictions
+
+    train = tmp_path / "tasks/train.jsonl"
+    materialize_split("toy", setup["task"], toy_mirror, "train", train)
+    demonstrations = pick_demonstrations(read_split(train)[0], 2, seed=0)
+    serving, _ = load_serving(setup["sender"], setup["receiver"], setup["checkpoint"], task=setup["task"],
+                              max_new_tokens=6, device=CPU, dtype=torch.float32, relay_demonstrations=demonstrations)
+    summaries = ["a warm and funny film", "dull", "the plot drags on and on"]
+    monkeypatch.setattr(speed, "generate_batch", lambda model, tokenizer, prompts, max_new_tokens: [
+        {"relay": summaries[i], "generated_tokens": 3} for i in range(len(prompts))])
+    predictions, _ = serving.relay_path(["x", "y", "z"], Laps(CPU))
+    demo_ids = serving.receiver.tokenizer(demonstrations[0]["text"], add_special_tokens=False)["input_ids"]
+    assert any(len(key) > len(demo_ids) for key in serving.receiver._prefixes)   # the demonstrations are cached
+    expected = receiver_predictions(serving.receiver, setup["task"], summaries, demonstrations, 16, desc="eval")
+    assert torch.equal(predictions, expected)

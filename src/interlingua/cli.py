@@ -140,8 +140,10 @@ def cmd_eval_relay(args):
 
 
 def _speed_kwargs(args, spec, device, dtype) -> dict:
+    reading = spec.get("relay_reading", {})
     return dict(task_name=args.task, task=spec["task"], sender_alias=args.sender, receiver_alias=args.receiver,
-                bridge_name=args.bridge, max_new_tokens=spec["relay"]["max_new_tokens"], device=device, dtype=dtype)
+                bridge_name=args.bridge, max_new_tokens=spec["relay"]["max_new_tokens"], device=device, dtype=dtype,
+                train_split=args.train_split, relay_shots=reading.get("shots", 0), relay_seed=reading.get("seed", 0))
 
 
 def cmd_measure_latency(args):
@@ -275,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("--train-split", {"help": "demonstrations for the receiver (needed when relay.shots > 0)"}),
             ("--split", req), ("--receiver-dir", req), ("--out", req))
     serving = [("--task", req), ("--sender", req), ("--receiver", req), ("--bridge", req), ("--split", req),
-               ("--sender-dir", req), ("--receiver-dir", req), ("--checkpoint", req), ("--out", req)]
+               ("--sender-dir", req), ("--receiver-dir", req), ("--checkpoint", req), ("--out", req),
+               ("--train-split", {"help": "the relay receiver's demonstrations are drawn from it (relay.shots)"})]
     command("measure-latency", cmd_measure_latency,
             "batch-1 end-to-end latency per stage: bridge (sender up to its layer) vs text relay", *serving)
     command("measure-throughput", cmd_measure_throughput,

@@ -4,7 +4,9 @@ Serving is end to end from the raw text, with no activation store:
   bridge      tokenize -> sender blocks up to the bridge's source layer only -> bridge -> receiver
               scores the classes, continuing from the cached KV of the instruction's fixed part
   text_relay  the sender reads the whole input through its chat template and writes a summary
-              (greedy, relay.py's prompt and generation) -> the receiver classifies from the summary
+              (greedy, relay.py's prompt and generation) -> the receiver classifies from the summary,
+              after the same k demonstrations as in evaluation (`relay.shots`; their KV cache is
+              computed once, as the evaluation does)
   zero_shot   the receiver reads the text itself (the zero-shot prompt)
 The receiver's text prompts get the same treatment as the soft-token prompt: the template's fixed
 head (e.g. "<bos>Review:") is read from a cached KV prefix whenever every row starts with its tokens,
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,7 +34,8 @@ from .evaluate import write_rows
 from .extract import decoder_of, sender_states
 from .fingerprint import fingerprint
 from .receiver import Prompt, Receiver
-from .relay import chat_ids, generate_batch, receiver_text, sender_message
+from .few_shot import few_shot_scores, pick_demonstrations
+from .relay import chat_ids, generate_batch, receiver_prompts, receiver_text, sender_message
 from .store import ActivationStore
 from .tasks import read_split
 from .train import load_bridge
@@ -84,6 +87,7 @@ class Serving:
     max_new_tokens: int
     device: torch.device
     dtype: torch.dtype
+    relay_demonstrations: list[dict] = field(default_factory=list)  # what the relay's receiver reads first
 
     def __post_init__(self):
         self.decoder = decoder_of(self.sender)
@@ -111,9 +115,15 @@ class Serving:
         prompts = [chat_ids(self.sender_tokenizer, sender_message(self.task, t, "summary")) for t in texts]
         relays = generate_batch(self.sender, self.sender_tokenizer, prompts, self.max_new_tokens)
         laps.lap("relay_generate")
-        head = receiver_text(self.task, _SLOT).partition(_SLOT)[0]
-        prompt = cached_text_prompt(self.receiver, head, [receiver_text(self.task, r["relay"]) for r in relays])
-        predictions = self.receiver.class_scores(prompt).argmax(-1)
+        if self.relay_demonstrations:  # as relay.evaluate_relay reads it: demonstrations from their KV cache
+            prefix, queries = receiver_prompts(self.task, [r["relay"] for r in relays], self.relay_demonstrations)
+            tokenize = lambda text: self.receiver.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+            predictions = few_shot_scores(self.receiver, self.receiver.prefix_ids + tokenize(prefix),
+                                          [tokenize(q) for q in queries], len(queries), desc="relay").argmax(-1)
+        else:
+            head = receiver_text(self.task, _SLOT).partition(_SLOT)[0]
+            prompt = cached_text_prompt(self.receiver, head, [receiver_text(self.task, r["relay"]) for r in relays])
+            predictions = self.receiver.class_scores(prompt).argmax(-1)
         laps.lap("receiver")
         return predictions, [r["generated_tokens"] for r in relays]
 
@@ -158,15 +168,26 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def load_serving(sender_dir, receiver_dir, checkpoint, *, task: dict, max_new_tokens: int, device,
-                 dtype) -> tuple[Serving, dict]:
+                 dtype, relay_demonstrations: list[dict] = ()) -> tuple[Serving, dict]:
     """The loaded pair and the bridge checkpoint's payload."""
     sender = zoo.load_model(sender_dir, device, dtype)
     receiver = Receiver(zoo.load_model(receiver_dir, device, dtype), zoo.load_tokenizer(receiver_dir),
                         task["verbalizers"])
     bridge, payload = load_bridge(checkpoint, device)
     serving = Serving(sender, zoo.load_tokenizer(sender_dir), receiver, bridge, payload["config"]["source_layer"],
-                      task, max_new_tokens, torch.device(device), dtype)
+                      task, max_new_tokens, torch.device(device), dtype, list(relay_demonstrations))
     return serving, payload
+
+
+def relay_reading(train_split, shots: int, seed: int) -> tuple[list[dict], dict]:
+    """The relay receiver's demonstrations (evaluate_relay's draw for `seed`) and what decides them."""
+    if not shots:
+        return [], {"relay_shots": 0}
+    if train_split is None:
+        raise ValueError(f"relay.shots = {shots}: the relay's demonstrations need the train split")
+    train, meta = read_split(train_split)
+    return pick_demonstrations(train, shots, seed), {"relay_shots": shots, "relay_seed": seed,
+                                                     "train": meta["content_sha256"]}
 
 
 def method_base(base: dict, method: str) -> dict:
@@ -209,13 +230,14 @@ def latency_rows(serving: Serving, texts: list[str], base: dict, warmup: int = 2
 
 def measure_latency(split_path, sender_dir, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict,
                     sender_alias: str, receiver_alias: str, bridge_name: str, max_new_tokens: int, examples: int,
-                    warmup: int, device, dtype) -> Path:
+                    warmup: int, device, dtype, train_split=None, relay_shots: int = 0, relay_seed: int = 0) -> Path:
     """Table 3 / Fig. 3: end-to-end latency at batch 1 over the first `examples` rows of the eval split."""
     rows, meta = read_split(split_path)
+    demonstrations, reading = relay_reading(train_split, relay_shots, relay_seed)
     serving, payload = load_serving(sender_dir, receiver_dir, checkpoint, task=task, max_new_tokens=max_new_tokens,
-                                    device=device, dtype=dtype)
+                                    device=device, dtype=dtype, relay_demonstrations=demonstrations)
     base = _base(task_name, sender_alias, receiver_alias, bridge_name, payload, sender_dir, receiver_dir, meta,
-                 {"kind": "latency", "max_new_tokens": max_new_tokens, "examples": examples})
+                 {"kind": "latency", "max_new_tokens": max_new_tokens, "examples": examples, **reading})
     texts = [row["text"] for row in rows[:examples]]
     return write_rows(latency_rows(serving, texts, base, warmup), out_path)
 
@@ -255,14 +277,16 @@ def throughput_rows(serving: Serving, texts: list[str], base: dict, batch_sizes=
 
 def measure_throughput(split_path, sender_dir, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict,
                        sender_alias: str, receiver_alias: str, bridge_name: str, max_new_tokens: int,
-                       batch_sizes=(1, 4, 16), batches: int = 2, device, dtype) -> Path:
+                       batch_sizes=(1, 4, 16), batches: int = 2, device, dtype, train_split=None,
+                       relay_shots: int = 0, relay_seed: int = 0) -> Path:
     """Table 5: samples/s of the bridge, the receiver reading the text, and the text relay."""
     rows, meta = read_split(split_path)
+    demonstrations, reading = relay_reading(train_split, relay_shots, relay_seed)
     serving, payload = load_serving(sender_dir, receiver_dir, checkpoint, task=task, max_new_tokens=max_new_tokens,
-                                    device=device, dtype=dtype)
+                                    device=device, dtype=dtype, relay_demonstrations=demonstrations)
     base = _base(task_name, sender_alias, receiver_alias, bridge_name, payload, sender_dir, receiver_dir, meta,
                  {"kind": "throughput", "max_new_tokens": max_new_tokens, "batch_sizes": list(batch_sizes),
-                  "batches": batches})
+                  "batches": batches, **reading})
     texts = [row["text"] for row in rows]
     return write_rows(throughput_rows(serving, texts, base, batch_sizes, batches), out_path)
 

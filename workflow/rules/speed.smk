@@ -15,8 +15,16 @@ def first_bridge_checkpoint(w):
     return f"data/checkpoints/{run.bridge}/{run.sender}/{run.receiver}/{run.task}/seed{run.seed}.pt"
 
 
+def relay_reading(w):
+    """How the relay's receiver reads (as in eval_relay): its demonstrations, drawn with the first k-shot seed."""
+    shots = config["relay"]["shots"]
+    return {"shots": shots, "seed": config["few_shot"]["seeds"][0], "train_data": task_request(w.task, "train")} \
+        if shots else {"shots": 0}
+
+
 def speed_request(w):
     return spec(runtime=runtime(), task=prompt_spec(config["tasks"][w.task]), relay=relay_generation(),
+                relay_reading=relay_reading(w),
                 speed=config["speed"], data=task_request(w.task, "eval"),
                 models=[model_request(w.sender), model_request(w.receiver)],
                 bridge_run=bridge_request(main_bridge_run(w.sender, w.receiver, w.task)))
@@ -30,6 +38,7 @@ rule measure_speed:
     """End-to-end latency at batch 1 (per stage) or throughput at several batch sizes: bridge vs text relay."""
     input:
         split=lambda w: task_input(w.task, "eval"),
+        train_split=lambda w: task_input(w.task, "train"),
         sender=lambda w: model_input(w.sender),
         receiver=lambda w: model_input(w.receiver),
         bridge=first_bridge_checkpoint,
@@ -45,8 +54,8 @@ rule measure_speed:
     shell:
         "{CLI} measure-{wildcards.kind} --task {wildcards.task} --sender {wildcards.sender} "
         "--receiver {wildcards.receiver} --bridge {params.bridge} --split {input.split} --sender-dir {input.sender} "
-        "--receiver-dir {input.receiver} --checkpoint {input.bridge} --spec {params.spec:q} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "--receiver-dir {input.receiver} --checkpoint {input.bridge} --train-split {input.train_split} "
+        "--spec {params.spec:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule soft_token_neighbours:
