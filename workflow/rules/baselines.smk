@@ -62,7 +62,7 @@ rule generate_relay:
 def relay_seeds():
     """The k-shot baseline's demonstration draws (few_shot.seeds, default study.seeds): the relay's
     receiver reads the same demonstrations per seed as the receiver's own k-shot run."""
-    return config["few_shot"].get("seeds", STUDY["seeds"])
+    return config["few_shot"]["seeds"]  # set by config validation
 
 
 def relay_eval_request(w):
