@@ -71,3 +71,82 @@ def test_training_refuses_a_store_extracted_for_another_request(toy_store, tiny_
         train_bridge(toy_store, tiny_models["receiver"], tmp_path / "d.pt", bridge_name="p", bridge_spec=BRIDGE,
                      task=sst2_like_task, train=TRAIN, seed=3, device=torch.device("cpu"), dtype=torch.float32,
                      store_request=request)
+
+
+def test_train_bridge_command_evaluates_in_the_same_process_as_eval_bridge_would(
+        toy_store, tiny_models, sst2_like_task, tmp_path, monkeypatch):
+    """`train-bridge --eval-out` writes the same rows as a separate `eval-bridge` on its checkpoint,
+    and loads the frozen receiver once for both."""
+    import json
+
+    import pandas as pd
+
+    from interlingua import zoo
+    from interlingua.cli import main
+
+    task = {k: sst2_like_task[k] for k in ("label_names", "prompts", "verbalizers")}
+    spec = json.dumps({"runtime": {"device": "cpu", "dtype": "float32"}, "bridge": BRIDGE, "train": TRAIN,
+                       "task": task, "evaluate": {"batch_size": 3}})
+    loads = []
+    original = zoo.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(zoo.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: loads.append(a) or original(*a, **k))
+    common = ["--spec", spec, "--receiver-dir", str(tiny_models["receiver"]), "--task", "toy", "--sender", "s",
+              "--receiver", "r", "--bridge", "perceiver"]
+    assert main(["train-bridge", *common, "--store", str(toy_store), "--seed", "1", "--out", str(tmp_path / "b.pt"),
+                 "--eval-store", str(toy_store), "--eval-out", str(tmp_path / "merged.csv")]) == 0
+    assert len(loads) == 1
+    eval_spec = json.dumps({"runtime": {"device": "cpu", "dtype": "float32"}, "task": task, "batch_size": 3})
+    common[1] = eval_spec
+    assert main(["eval-bridge", *common, "--store", str(toy_store), "--checkpoint", str(tmp_path / "b.pt"),
+                 "--out", str(tmp_path / "separate.csv")]) == 0
+    merged, separate = (pd.read_csv(tmp_path / f"{name}.csv") for name in ("merged", "separate"))
+    columns = ["variant", "metric", "value", "n", "fingerprint"]
+    accuracy = lambda frame: frame[frame.metric != "seconds_per_example"][columns].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(accuracy(merged), accuracy(separate))
+    assert set(merged.variant.fillna("")) == {"", "shuffled_source", "zero_source"}
+
+
+def test_train_command_refuses_an_evaluation_without_its_inputs(toy_store, tiny_models, tmp_path, capsys):
+    from interlingua.cli import main
+
+    code = main(["train-bridge", "--spec", "{}", "--bridge", "perceiver", "--store", str(toy_store),
+                 "--receiver-dir", str(tiny_models["receiver"]), "--out", str(tmp_path / "x.pt"),
+                 "--eval-out", str(tmp_path / "x.csv")])
+    assert code == 2 and "--eval-out needs --eval-store" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_shared_frozen_models_only_inside_the_block(tiny_models):
+    from interlingua import zoo
+
+    cpu = torch.device("cpu")
+    with zoo.shared_frozen_models():
+        first = zoo.load_model(tiny_models["receiver"], cpu, torch.float32)
+        assert zoo.load_model(tiny_models["receiver"], cpu, torch.float32) is first
+        assert zoo.load_model(tiny_models["receiver"], cpu, torch.float32, frozen=False) is not first
+        assert zoo.load_tokenizer(tiny_models["receiver"]) is zoo.load_tokenizer(tiny_models["receiver"])
+    assert zoo.load_model(tiny_models["receiver"], cpu, torch.float32) is not first
+
+
+def test_input_free_fit_takes_the_same_steps_as_the_whole_batch(tiny_models, sst2_like_task):
+    """Prompt tuning's shortcut (one row per distinct label, weighted) follows the full batch's trajectory."""
+    from interlingua import zoo
+    from interlingua.receiver import Receiver
+    from interlingua.train import fit, make_prompt_embedding, soft_prompts
+
+    cpu = torch.device("cpu")
+    receiver = Receiver(zoo.load_model(tiny_models["receiver"], cpu, torch.float32),
+                        zoo.load_tokenizer(tiny_models["receiver"]), [" negative", " positive", " so so"])
+    labels = torch.tensor([0, 1, 1, 2, 0, 1, 1, 1, 2, 0, 1, 0])
+    weights = {}
+    for input_free in (False, True):
+        prompt = make_prompt_embedding(receiver.model, 3, seed=0)
+        indices = torch.arange(3)
+        make = soft_prompts(lambda rows: prompt(indices).unsqueeze(0).expand(len(rows), -1, -1), receiver,
+                            sst2_like_task["prompts"]["instruction"])
+        log = fit(prompt, make, labels, receiver, TRAIN, 1e-2, seed=0, diversity_weight=0.0, desc="pt",
+                  input_free=input_free)
+        weights[input_free] = (prompt.embedding.weight.detach().clone(), [r["ce"] for r in log])
+    torch.testing.assert_close(weights[True][0], weights[False][0], atol=1e-5, rtol=1e-4)
+    assert weights[True][1] == pytest.approx(weights[False][1], rel=1e-4)

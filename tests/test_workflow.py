@@ -80,7 +80,7 @@ def test_bridge_hyperparameter_reruns_training_not_extraction(smoke_run, tmp_pat
     override = tmp_path / "wider.yaml"
     override.write_text(yaml.safe_dump({"bridges": {"perceiver": {"dim": 16}}}))
     jobs = planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml"), str(override))
-    assert {"train_bridge", "eval_bridge", "collect_results", "report", "plot"} <= jobs
+    assert {"train_bridge", "collect_results", "report", "plot"} <= jobs
     assert not jobs & {"extract", "materialize_model", "materialize_task", "eval_zero_shot", "train_prompt_tuning"}
 
 
@@ -88,7 +88,7 @@ def test_layer_change_reruns_extraction(smoke_run, tmp_path):
     override = tmp_path / "layer.yaml"
     override.write_text(yaml.safe_dump({"extract": {"layers": [1]}, "bridges": {"perceiver": {"source_layer": 1}}}))
     jobs = planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml"), str(override))
-    assert {"extract", "train_bridge", "eval_bridge", "collect_results"} <= jobs and "materialize_model" not in jobs
+    assert {"extract", "train_bridge", "collect_results"} <= jobs and "materialize_model" not in jobs
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

@@ -54,19 +54,50 @@ def cmd_extract(args):
         write_receipt(store, args.receipt, request=spec)
 
 
+def _evaluation(args, spec) -> dict:
+    """The --eval-* options of a training command: evaluate the result in the same process (the receiver
+    is already loaded). spec["evaluate"] holds the eval batch size (and the eval store's request)."""
+    missing = [flag for flag, value in (("--task", args.task), ("--receiver", args.receiver),
+                                        ("spec.evaluate", spec.get("evaluate"))) if not value]
+    if missing:
+        raise InterlinguaError(f"--eval-out needs {', '.join(missing)}")
+    return spec["evaluate"]
+
+
 def cmd_train_bridge(args):
     from .train import train_bridge
+    from .zoo import shared_frozen_models
     spec, device, dtype = _runtime(args)
-    train_bridge(args.store, args.receiver_dir, args.out, bridge_name=args.bridge, bridge_spec=spec["bridge"],
-                 task=spec["task"], train=spec["train"], seed=args.seed, device=device, dtype=dtype,
-                 store_request=spec.get("store"))
+    if args.eval_out and not (args.eval_store and args.sender):
+        raise InterlinguaError("--eval-out needs --eval-store (the eval split's activation store) and --sender")
+    evaluation = _evaluation(args, spec) if args.eval_out else None
+    with shared_frozen_models():
+        train_bridge(args.store, args.receiver_dir, args.out, bridge_name=args.bridge, bridge_spec=spec["bridge"],
+                     task=spec["task"], train=spec["train"], seed=args.seed, device=device, dtype=dtype,
+                     store_request=spec.get("store"))
+        if evaluation is not None:
+            from .evaluate import evaluate_bridge
+            evaluate_bridge(args.eval_store, args.receiver_dir, args.out, args.eval_out, task_name=args.task,
+                            task=spec["task"], sender=args.sender, receiver_alias=args.receiver,
+                            bridge_name=args.bridge, batch_size=evaluation["batch_size"], device=device,
+                            dtype=dtype, store_request=evaluation.get("store"))
 
 
 def cmd_train_prompt_tuning(args):
     from .train import train_prompt_tuning
+    from .zoo import shared_frozen_models
     spec, device, dtype = _runtime(args)
-    train_prompt_tuning(args.split, args.receiver_dir, args.out, task=spec["task"], train=spec["train"],
-                        prompt_tuning=spec["prompt_tuning"], seed=args.seed, device=device, dtype=dtype)
+    if args.eval_out and not args.eval_split:
+        raise InterlinguaError("--eval-out needs --eval-split")
+    evaluation = _evaluation(args, spec) if args.eval_out else None
+    with shared_frozen_models():
+        train_prompt_tuning(args.split, args.receiver_dir, args.out, task=spec["task"], train=spec["train"],
+                            prompt_tuning=spec["prompt_tuning"], seed=args.seed, device=device, dtype=dtype)
+        if evaluation is not None:
+            from .evaluate import evaluate_prompt_tuning
+            evaluate_prompt_tuning(args.eval_split, args.receiver_dir, args.out, args.eval_out,
+                                   task_name=args.task, task=spec["task"], receiver_alias=args.receiver,
+                                   batch_size=evaluation["batch_size"], device=device, dtype=dtype)
 
 
 def cmd_train_finetune(args):
@@ -246,11 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
             ("--receipt", {"help": "write the finished store's manifest here (what Snakemake tracks)"}),
             ("--batch-size", {"type": int, "default": 16}), ("--shard-tokens", {"type": int, "default": 65536}),
             ("--chunk-tokens", {"type": int, "default": 1024}))
-    command("train-bridge", cmd_train_bridge, "train a bridge from a store into a frozen receiver",
+    # Optional: evaluate right after training, in the same process (as eval-bridge / eval-prompt-tuning would).
+    then_evaluate = [("--eval-out", {"help": "also evaluate the trained result and write its tidy CSV here"}),
+                     ("--task", {"help": "task name in the result rows (with --eval-out)"}),
+                     ("--receiver", {"help": "receiver alias in the result rows (with --eval-out)"})]
+    command("train-bridge", cmd_train_bridge, "train a bridge from a store into a frozen receiver (then evaluate it)",
             ("--bridge", req), ("--store", req), ("--receiver-dir", req), ("--seed", {"type": int, "default": 0}),
-            ("--out", req))
-    command("train-prompt-tuning", cmd_train_prompt_tuning, "prompt tuning on the receiver alone",
-            ("--split", req), ("--receiver-dir", req), ("--seed", {"type": int, "default": 0}), ("--out", req))
+            ("--out", req), *then_evaluate, ("--sender", {"help": "sender alias in the result rows"}),
+            ("--eval-store", {"help": "the eval split's activation store (with --eval-out)"}))
+    command("train-prompt-tuning", cmd_train_prompt_tuning, "prompt tuning on the receiver alone (then evaluate it)",
+            ("--split", req), ("--receiver-dir", req), ("--seed", {"type": int, "default": 0}), ("--out", req),
+            *then_evaluate, ("--eval-split", {"help": "the eval split (with --eval-out)"}))
     command("train-finetune", cmd_train_finetune, "LoRA or last-N-blocks fine-tuning of the receiver reading the text",
             ("--split", req), ("--receiver-dir", req), ("--seed", {"type": int, "default": 0}), ("--out", req))
     command("eval-finetune", cmd_eval_finetune, "accuracy of a fine-tuned receiver reading the text",

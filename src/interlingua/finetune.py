@@ -24,7 +24,7 @@ from torch import nn
 
 from . import zoo
 from .errors import ConfigError, DataError
-from .evaluate import parameters_row, predict, rows_for, write_rows
+from .evaluate import parameters_row, predict_texts, rows_for, write_rows
 from .fingerprint import fingerprint
 from .receiver import Receiver
 from .tasks import read_split
@@ -153,8 +153,7 @@ def evaluate_finetune(split_path, receiver_dir, checkpoint, out_path, *, task_na
     labels = torch.tensor([e["label"] for e in examples])
     texts = [task["prompts"]["text"].format(text=e["text"]) for e in examples]
     started = time.perf_counter()
-    predictions = predict(receiver, lambda rows: receiver.text_prompt([texts[r] for r in rows]), len(texts),
-                          batch_size, desc=f"{payload['method']} eval")
+    predictions = predict_texts(receiver, texts, batch_size, desc=f"{payload['method']} eval")
     base = {"task": task_name, "method": payload["method"], "sender": "", "receiver": receiver_alias, "bridge": "",
             "seed": payload["seed"], "fingerprint": payload["fingerprint"]}
     rows = rows_for(base, predictions, labels, time.perf_counter() - started)

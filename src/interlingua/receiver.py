@@ -254,9 +254,12 @@ class Receiver:
             logprobs = self._head(hidden).log_softmax(-1).gather(-1, ids.reshape(-1, 1)).squeeze(-1)
         return logprobs.view(ids.shape), valid
 
-    def label_loss(self, prompt: Prompt, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over the gold verbalizer's tokens (mean over tokens)."""
+    def label_loss(self, prompt: Prompt, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy over the gold verbalizer's tokens (mean over tokens). weights (B,): row b counts
+        as weights[b] identical rows (prompt tuning: one row per distinct label stands for the batch)."""
         logprobs, valid = self.target_logprobs(prompt, [self.verbalizer_ids[int(y)] for y in labels])
+        if weights is not None:
+            valid = valid * weights.to(valid.device, valid.dtype)[:, None]
         return -(logprobs * valid).sum() / valid.sum()
 
     def class_scores(self, prompt: Prompt) -> torch.Tensor:

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from . import zoo
 from .errors import ConfigError
-from .evaluate import _receiver, predict, rows_for, write_rows
+from .evaluate import _receiver, predict_texts, rows_for, write_rows
 from .few_shot import SEPARATOR, demonstration_block, few_shot_scores, pick_demonstrations
 from .fingerprint import fingerprint
 from .tasks import read_jsonl, read_split, subsample
@@ -224,8 +224,7 @@ def receiver_predictions(receiver, task: dict, relays: list[str], demonstrations
     from it (few_shot.few_shot_scores)."""
     prefix, queries = receiver_prompts(task, relays, demonstrations)
     if not demonstrations:
-        return predict(receiver, lambda batch: receiver.text_prompt([queries[r] for r in batch]), len(queries),
-                       batch_size, desc=desc)
+        return predict_texts(receiver, queries, batch_size, desc=desc)
     tokenize = lambda text: receiver.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prefix_ids = receiver.prefix_ids + tokenize(prefix)
     scores = few_shot_scores(receiver, prefix_ids, [tokenize(q) for q in queries], batch_size, desc=desc)

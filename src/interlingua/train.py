@@ -75,13 +75,16 @@ def soft_prompts(soft_tokens, receiver: Receiver, instruction: str):
 
 def fit(module: nn.Module, make_prompt, labels: torch.Tensor, receiver: Receiver, train: dict, lr: float,
         seed: int, diversity_weight: float, desc: str, resume_path: Path | None = None,
-        run_key: str = "") -> list[dict]:
+        run_key: str = "", input_free: bool = False) -> list[dict]:
     """Optimise the trainable parameters of `module` so the receiver predicts labels.
 
     make_prompt(rows) -> (Prompt, soft): soft is the (B, M, d_r) soft tokens behind the prompt, which
     feed the diversity term, or None (no diversity term, e.g. a fine-tuned receiver reading text).
     Every `train.checkpoint_every` steps the whole state (trainable weights, optimizer, schedule, RNG,
     log) goes to `resume_path`; a killed run resumes there and ends with the same weights.
+    input_free: the prompt is the same for every example (prompt tuning). Rows with the same label are
+    then identical, so one row per distinct label, weighted by its count, gives the batch's exact loss
+    and gradient (2 rows instead of 8 on SST-2).
     """
     generator = seed_everything(seed)
     plan = list(batches(len(labels), train["batch_size"], train["steps"], generator))  # fixed up front
@@ -100,8 +103,13 @@ def fit(module: nn.Module, make_prompt, labels: torch.Tensor, receiver: Receiver
     module.train()
     bar = tqdm(plan[start:], total=train["steps"], initial=start, desc=desc)
     for step, rows in enumerate(bar, start=start):
-        prompt, soft = make_prompt(rows)
-        terms = {"ce": receiver.label_loss(prompt, labels[rows])}
+        if input_free:
+            targets, counts = labels[rows].unique(return_counts=True)
+            prompt, soft = make_prompt(rows[:len(targets)])  # which rows does not matter: same prompt
+            terms = {"ce": receiver.label_loss(prompt, targets, weights=counts)}
+        else:
+            prompt, soft = make_prompt(rows)
+            terms = {"ce": receiver.label_loss(prompt, labels[rows])}
         loss = terms["ce"]
         if soft is not None:  # soft tokens: penalise their collapse to one prompt for every example
             terms["diversity"] = diversity_penalty(soft)
@@ -210,7 +218,7 @@ def train_prompt_tuning(split_path, receiver_dir, out_path, *, task: dict, train
     started = time.perf_counter()
     log = fit(prompt, soft_prompts(soft_tokens, receiver, task["prompts"]["instruction"]), labels, receiver, train,
               prompt_tuning["lr"], seed, 0.0, desc="prompt tuning", resume_path=resume_path_for(Path(out_path)),
-              run_key=run_fp)
+              run_key=run_fp, input_free=True)
     payload = {"kind": "prompt_tuning", "num_virtual_tokens": prompt_tuning["num_virtual_tokens"],
                "state_dict": prompt.state_dict(), "seed": seed, "seconds": time.perf_counter() - started,
                "fingerprint": run_fp}

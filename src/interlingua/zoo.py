@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import json
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -104,20 +105,47 @@ def read_manifest(model_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+# Set inside `shared_frozen_models()`: loads of the same frozen model and tokenizer return one object.
+_shared: dict | None = None
+
+
+@contextlib.contextmanager
+def shared_frozen_models():
+    """Within this block a frozen model (and tokenizer) loads once: a job that trains through the
+    receiver and then evaluates with it pays the load (and the Gemma tokenizer's ~3 s) once. Opt-in,
+    because a caller that unfreezes part of a "frozen" load (fine-tuning) must get its own copy."""
+    global _shared
+    outer, _shared = _shared, ({} if _shared is None else _shared)
+    try:
+        yield
+    finally:
+        _shared = outer
+
+
 def load_tokenizer(model_dir: str | Path):
+    key = ("tokenizer", str(Path(model_dir).resolve()))
+    if _shared is not None and key in _shared:
+        return _shared[key]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if _shared is not None:
+        _shared[key] = tokenizer
     return tokenizer
 
 
 def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype, frozen: bool = True):
     """Load a materialized model; frozen models are in eval mode with no parameter grads."""
+    key = ("model", str(Path(model_dir).resolve()), str(device), str(dtype))
+    if frozen and _shared is not None and key in _shared:
+        return _shared[key]
     read_manifest(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     if frozen:
         model.eval()
         model.requires_grad_(False)
+        if _shared is not None:
+            _shared[key] = model
     return model
 
 

@@ -132,6 +132,11 @@ def relay_generation():
     return {key: value for key, value in config["relay"].items() if key != "shots"}
 
 
+def evaluate_request(**upstream):
+    """What an evaluation adds to its run's request: the batch size and the eval data's request."""
+    return {"batch_size": config["evaluate"]["batch_size"], **upstream}
+
+
 def eval_request(w, **upstream):
     return spec(runtime=runtime(), task=prompt_spec(config["tasks"][w.task]),
                 batch_size=config["evaluate"]["batch_size"], **upstream)
