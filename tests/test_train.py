@@ -150,3 +150,32 @@ def test_input_free_fit_takes_the_same_steps_as_the_whole_batch(tiny_models, sst
         weights[input_free] = (prompt.embedding.weight.detach().clone(), [r["ce"] for r in log])
     torch.testing.assert_close(weights[True][0], weights[False][0], atol=1e-5, rtol=1e-4)
     assert weights[True][1] == pytest.approx(weights[False][1], rel=1e-4)
+
+
+def test_bridge_evaluation_reading_distinct_soft_tokens_once_matches_reading_every_row(
+        toy_store, tiny_models, sst2_like_task, tmp_path):
+    import pandas as pd
+
+    from interlingua import zoo
+    from interlingua.evaluate import derangement, evaluate_bridge, predict
+    from interlingua.receiver import Receiver
+    from interlingua.train import load_bridge
+
+    cpu = torch.device("cpu")
+    checkpoint = run(toy_store, tiny_models, sst2_like_task, tmp_path / "e.pt")
+    frame = pd.read_csv(evaluate_bridge(toy_store, tiny_models["receiver"], checkpoint, tmp_path / "e.csv",
+                                        task_name="toy", task=sst2_like_task, sender="s", receiver_alias="r",
+                                        bridge_name="p", batch_size=5, device=cpu, dtype=torch.float32))
+    store, (bridge, payload) = ActivationStore(toy_store), load_bridge(checkpoint, cpu)
+    receiver = Receiver(zoo.load_model(tiny_models["receiver"], cpu, torch.float32),
+                        zoo.load_tokenizer(tiny_models["receiver"]), sst2_like_task["verbalizers"])
+    sources = {"": torch.arange(len(store)), "shuffled_source": derangement(len(store), payload["seed"]),
+               "zero_source": torch.arange(len(store))}
+    for variant, source in sources.items():
+        def prompts(rows):
+            states, mask, _ = store.batch(source[rows].tolist(), 2, torch.float32, cpu)
+            states = torch.zeros_like(states) if variant == "zero_source" else states
+            return receiver.soft_prompt(bridge(states, mask), sst2_like_task["prompts"]["instruction"])
+        every_row = predict(receiver, prompts, len(store), 5, "every row")
+        reported = frame[(frame.variant.fillna("") == variant) & (frame.metric == "accuracy")].value.item()
+        assert reported == pytest.approx((every_row == store.labels).float().mean().item())

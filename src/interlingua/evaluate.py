@@ -105,6 +105,17 @@ def evaluate_random(split_path, out_path, *, task_name: str, task: dict, seeds: 
     return write_rows(rows, out_path)
 
 
+@torch.inference_mode()
+def soft_tokens(store: ActivationStore, bridge, source: torch.Tensor, layer: int, batch_size: int, device,
+                zero: bool = False) -> torch.Tensor:
+    """(N, M, d_r) soft tokens for every row; row i reads the states of row source[i] (zeros if `zero`)."""
+    out = []
+    for start in range(0, len(source), batch_size):
+        states, mask, _ = store.batch(source[start:start + batch_size].tolist(), layer, torch.float32, device)
+        out.append(bridge(torch.zeros_like(states) if zero else states, mask))
+    return torch.cat(out)
+
+
 def evaluate_bridge(store_path, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict, sender: str,
                     receiver_alias: str, bridge_name: str, batch_size: int, device, dtype,
                     store_request: dict | None = None) -> Path:
@@ -120,16 +131,16 @@ def evaluate_bridge(store_path, receiver_dir, checkpoint, out_path, *, task_name
     results = []
     for variant in ("", "shuffled_source", "zero_source"):
         source = sources.get(variant, sources[""])
-
-        def prompts(rows):
-            states, mask, _ = store.batch(source[rows].tolist(), layer, torch.float32, device)
-            if variant == "zero_source":
-                states = torch.zeros_like(states)
-            return receiver.soft_prompt(bridge(states, mask), instruction)
-
         started = time.perf_counter()
-        predictions = predict(receiver, prompts, len(store), batch_size, desc=f"bridge {variant or 'eval'}")
-        results += rows_for(base, predictions, labels, time.perf_counter() - started, variant)
+        soft = soft_tokens(store, bridge, source, layer, batch_size, device,
+                           zero=variant == "zero_source")  # (N, M, d_r)
+        # Identical soft tokens get identical predictions: the receiver reads each distinct one once
+        # (zero-source: usually one for the whole split). Exact, whatever the bridge.
+        distinct, which = torch.unique(soft.flatten(1), dim=0, return_inverse=True)
+        distinct = distinct.view(len(distinct), *soft.shape[1:])
+        predicted = predict(receiver, lambda rows: receiver.soft_prompt(distinct[rows], instruction), len(distinct),
+                            batch_size, desc=f"bridge {variant or 'eval'}")
+        results += rows_for(base, predicted[which], labels, time.perf_counter() - started, variant)
     learned = {name for name, _ in bridge.named_parameters()}  # parameters only: not the buffers (alpha, fixed maps)
     count = sum(tensor.numel() for name, tensor in payload["state_dict"].items() if name in learned)
     return write_rows(results + [parameters_row(base, count, len(labels))], out_path)
