@@ -105,3 +105,13 @@ def test_few_shot_seeds_default_to_the_study_seeds():
     raw["few_shot"].pop("seeds")
     raw["study"]["seeds"] = [3, 4]
     assert validate_config(raw, base_dir=REPO)["few_shot"]["seeds"] == [3, 4]
+
+
+def test_table_captions_count_examples_as_numbers():
+    """Results are read as text; the caption's example count must compare numbers ("30" < "100")."""
+    import pandas as pd
+
+    from interlingua.report import _caption_counts
+
+    results = pd.DataFrame({"task": ["sst2", "sst2"], "metric": ["accuracy", "accuracy"], "n": ["100", "30"]})
+    assert _caption_counts(results) == "sst2: 100 examples"

@@ -123,7 +123,7 @@ def _accuracy_by_task(results: pd.DataFrame, label: str) -> pd.DataFrame:
 
 def _caption_counts(results: pd.DataFrame) -> str:
     acc = results[results.metric == "accuracy"]
-    counts = acc.groupby("task")["n"].max()
+    counts = acc["n"].astype(float).astype(int).groupby(acc["task"]).max()  # read as text: "30" > "100"
     return ", ".join(f"{task}: {n} examples" for task, n in counts.items())
 
 
@@ -195,6 +195,7 @@ def table1_architectures(results_path, out_prefix, study: dict) -> None:
     """Bridge architecture ablation (first pair), with the shuffled- and zero-source controls."""
     section = study["ablation"]
     rows = _first_pair_bridges(read_results(results_path), study, section["tasks"], section["bridges"])
+    rows = rows[rows.seed.isin([str(s) for s in study["sweep_seeds"]])]  # the main bridge has more: same seeds for all
     wide = _by_bridge(rows, "bridge").reindex([b for b in section["bridges"] if b in set(rows.bridge)])
     first = study["pairs"][0]
     _write_table(wide, out_prefix, f"Table 1: bridge architectures, {first['sender']} -> {first['receiver']}, "
@@ -397,6 +398,11 @@ def table5_throughput(results_path, out_prefix, study: dict) -> None:
                  "throughput")
 
 
+# Outputs not written by a FIGURES function (speed.soft_token_neighbours writes both files).
+OTHER_OUTPUTS = {"soft_token_neighbours": "Nearest receiver-vocabulary tokens (cosine) of each soft token, and "
+                                          "the soft tokens' pairwise cosine, for a few examples per class."}
+
+
 def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit: str) -> None:
     """figures/README.md: every table and figure, and what produced it."""
     lines = ["# Figures and tables", "",
@@ -405,13 +411,14 @@ def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit
              "| file | what |", "|---|---|"]
     for path in outputs:
         name = Path(path).stem
-        doc = ((FIGURES[name].__doc__ or "").strip().splitlines() or [""])[0] if name in FIGURES else ""
+        doc = ((FIGURES[name].__doc__ or "").strip().splitlines() or [""])[0] if name in FIGURES else \
+            OTHER_OUTPUTS.get(name, "")
         lines.append(f"| `{Path(path).name}` | {doc} |")
     Path(out_path).write_text("\n".join(lines) + "\n")
 
 
 def fig_bridge_vs_baselines(results_path, out_prefix, study: dict | None = None) -> None:
-    """figures/fig_bridge_vs_baselines.png: accuracy bars with seed std, one panel per task."""
+    """Accuracy bars with seed std, one panel per task: the main bridge, its controls and the baselines."""
     results = read_results(results_path)
     if study is not None:
         results = _main_rows(results, study, study["tasks"])
