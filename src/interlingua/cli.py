@@ -54,11 +54,14 @@ def cmd_extract(args):
         write_receipt(store, args.receipt, request=spec)
 
 
-def _evaluation(args, spec) -> dict:
+def _evaluation(args, spec, **needed) -> dict | None:
     """The --eval-* options of a training command: evaluate the result in the same process (the receiver
-    is already loaded). spec["evaluate"] holds the eval batch size (and the eval store's request)."""
-    missing = [flag for flag, value in (("--task", args.task), ("--receiver", args.receiver),
-                                        ("spec.evaluate", spec.get("evaluate"))) if not value]
+    is already loaded). spec["evaluate"] holds the eval batch size (and the eval store's request).
+    needed: the command's own eval inputs, {flag: value}. None without --eval-out."""
+    if not args.eval_out:
+        return None
+    needed.update({"--task": args.task, "--receiver": args.receiver, "spec.evaluate": spec.get("evaluate")})
+    missing = [flag for flag, value in needed.items() if not value]
     if missing:
         raise InterlinguaError(f"--eval-out needs {', '.join(missing)}")
     return spec["evaluate"]
@@ -68,9 +71,7 @@ def cmd_train_bridge(args):
     from .train import train_bridge
     from .zoo import shared_frozen_models
     spec, device, dtype = _runtime(args)
-    if args.eval_out and not (args.eval_store and args.sender):
-        raise InterlinguaError("--eval-out needs --eval-store (the eval split's activation store) and --sender")
-    evaluation = _evaluation(args, spec) if args.eval_out else None
+    evaluation = _evaluation(args, spec, **{"--eval-store": args.eval_store, "--sender": args.sender})
     with shared_frozen_models():
         train_bridge(args.store, args.receiver_dir, args.out, bridge_name=args.bridge, bridge_spec=spec["bridge"],
                      task=spec["task"], train=spec["train"], seed=args.seed, device=device, dtype=dtype,
@@ -87,9 +88,7 @@ def cmd_train_prompt_tuning(args):
     from .train import train_prompt_tuning
     from .zoo import shared_frozen_models
     spec, device, dtype = _runtime(args)
-    if args.eval_out and not args.eval_split:
-        raise InterlinguaError("--eval-out needs --eval-split")
-    evaluation = _evaluation(args, spec) if args.eval_out else None
+    evaluation = _evaluation(args, spec, **{"--eval-split": args.eval_split})
     with shared_frozen_models():
         train_prompt_tuning(args.split, args.receiver_dir, args.out, task=spec["task"], train=spec["train"],
                             prompt_tuning=spec["prompt_tuning"], seed=args.seed, device=device, dtype=dtype)

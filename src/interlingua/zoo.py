@@ -7,10 +7,10 @@ Sources (exactly one per alias):
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata as metadata
 import json
-import contextlib
 import shutil
 import tempfile
 from pathlib import Path
