@@ -105,6 +105,23 @@ def evaluate_random(split_path, out_path, *, task_name: str, task: dict, seeds: 
     return write_rows(rows, out_path)
 
 
+def majority_label(labels, num_labels: int) -> int:
+    """The most frequent label; a tie goes to the lowest label index (deterministic)."""
+    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=num_labels)
+    return int(counts.argmax())  # argmax returns the first maximum
+
+
+def evaluate_majority(train_path, split_path, out_path, *, task_name: str, task: dict) -> Path:
+    """The majority-class baseline: every eval row gets the most frequent label of the *training* rows."""
+    train, train_meta = read_split(train_path)
+    examples, meta = read_split(split_path)
+    label = majority_label([e["label"] for e in train], len(task["label_names"]))
+    labels = torch.tensor([e["label"] for e in examples])
+    base = {"task": task_name, "method": "majority", "sender": "", "receiver": "", "bridge": "", "seed": "",
+            "fingerprint": train_meta["content_sha256"][:16] + ":" + meta["content_sha256"][:16]}
+    return write_rows(rows_for(base, torch.full_like(labels, label), labels, 0.0)[:1], out_path)
+
+
 @torch.inference_mode()
 def soft_tokens(store: ActivationStore, bridge, source: torch.Tensor, layer: int, batch_size: int, device,
                 zero: bool = False) -> torch.Tensor:

@@ -1,4 +1,4 @@
-# Baselines beside the bridges: chance, k-shot, text/CoT relay, receiver fine-tuning (LoRA, last N blocks).
+# Baselines beside the bridges: chance, majority class, k-shot, text/CoT relay, receiver fine-tuning (LoRA, last N blocks).
 
 
 rule eval_random:
@@ -14,6 +14,23 @@ rule eval_random:
         "logs/eval_random/{task}.log",
     shell:
         "{CLI} eval-random --task {wildcards.task} --split {input.split} --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule eval_majority:
+    """The majority class of the training rows, predicted for every eval row (ties: lowest label index)."""
+    input:
+        train=lambda w: task_input(w.task, "train"),
+        split=lambda w: task_input(w.task, "eval"),
+    output:
+        "results/majority/{task}.csv",
+    params:
+        spec=lambda w: spec(task=prompt_spec(config["tasks"][w.task]),
+                            data=[task_request(w.task, "train"), task_request(w.task, "eval")]),
+    log:
+        "logs/eval_majority/{task}.log",
+    shell:
+        "{CLI} eval-majority --task {wildcards.task} --train-split {input.train} --split {input.split} "
+        "--spec {params.spec:q} --out {output} > {log} 2>&1"
 
 
 rule eval_few_shot:
