@@ -35,7 +35,8 @@ def test_settings_precedence_global_then_task_then_variant(smoke):
 def test_smoke_study_has_every_kind_of_run(smoke):
     results = study.study_results(smoke)
     kinds = {path.split("/")[1] for path in results}
-    assert kinds == {"bridge", "random", "zero_shot", "few_shot", "prompt_tuning", "relay", "finetune", "speed"}
+    assert kinds == {"bridge", "random", "majority", "zero_shot", "few_shot", "prompt_tuning", "relay", "finetune",
+                     "speed"}
     runs = study.bridge_runs(smoke)
     assert {r["bridge"] for r in runs} >= {"perceiver", "diffusion", "identity", "perceiver~num_queries=2",
                                            "perceiver~dim=16", "perceiver~source_layer=1"}
@@ -75,7 +76,8 @@ def study_with(changes):
 def test_full_and_paper_configs_plan_the_complete_study(name):
     config = load_config(REPO / "params.yaml", REPO / f"config/{name}.yaml")
     figures = study.study_figures(config)
-    assert len([f for f in figures if f.endswith(".md")]) == 12   # tables 1-10, table_main, neighbours
+    assert len([f for f in figures if f.endswith(".md")]) == 11   # tables 1-10 and the neighbours
+    assert "figures/table_main.md" not in figures                 # table 2 is the main table, once
     assert len(study.study_results(config)) > 100
 
 
@@ -107,11 +109,23 @@ def test_few_shot_seeds_default_to_the_study_seeds():
     assert validate_config(raw, base_dir=REPO)["few_shot"]["seeds"] == [3, 4]
 
 
-def test_table_captions_count_examples_as_numbers():
-    """Results are read as text; the caption's example count must compare numbers ("30" < "100")."""
+def test_main_table_cells_show_n_and_its_caption_no_largest_n(tmp_path):
+    """Results are read as text: n compares as numbers ("30" < "100"), every cell shows its own n, and a
+    method scored on fewer rows is named (the caption used to print only the largest n)."""
     import pandas as pd
 
-    from interlingua.report import _caption_counts
+    from interlingua import report
+    from interlingua.evaluate import COLUMNS
 
-    results = pd.DataFrame({"task": ["sst2", "sst2"], "metric": ["accuracy", "accuracy"], "n": ["100", "30"]})
-    assert _caption_counts(results) == "sst2: 100 examples"
+    study = {"tasks": ["sst2"], "bridges": ["perceiver"], "seeds": [0], "sweep_seeds": [0],
+             "pairs": [{"sender": "a", "receiver": "b"}]}
+    rows = [{"task": "sst2", "method": "zero_shot", "receiver": "b", "seed": "", "metric": "accuracy",
+             "value": 0.7, "n": "100"},
+            {"task": "sst2", "method": "text_relay", "sender": "a", "receiver": "b", "seed": "", "metric": "accuracy",
+             "value": 0.6, "n": "30"}]
+    pd.DataFrame(rows).reindex(columns=COLUMNS).fillna("").to_csv(tmp_path / "r.csv", index=False)
+    report.table2_main(tmp_path / "r.csv", tmp_path / "t", study)
+    text = (tmp_path / "t.md").read_text()
+    assert "0.700 (n=100)" in text and "0.600 (n=30)" in text
+    assert "sst2: text relay a -> b (n=30); every other method n=100" in text
+    assert "100 examples" not in text and not hasattr(report, "_caption_counts")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import InterlinguaError
 from .runtime import resolve_device, resolve_dtype, set_threads
@@ -127,6 +128,12 @@ def cmd_eval_random(args):
     evaluate_random(args.split, args.out, task_name=args.task, task=spec["task"], seeds=spec["seeds"])
 
 
+def cmd_eval_majority(args):
+    from .evaluate import evaluate_majority
+    spec, _, _ = _runtime(args)
+    evaluate_majority(args.train_split, args.split, args.out, task_name=args.task, task=spec["task"])
+
+
 def cmd_eval_bridge(args):
     from .evaluate import evaluate_bridge
     spec, device, dtype = _runtime(args)
@@ -214,9 +221,14 @@ def cmd_collect(args):
 def cmd_report(args):
     from .report import FIGURES
     spec, _, _ = _runtime(args)
-    if args.figure not in FIGURES:
-        raise InterlinguaError(f"unknown table or figure '{args.figure}' (known: {sorted(FIGURES)})")
-    FIGURES[args.figure](args.results, args.out, **({"study": spec["study"]} if "study" in spec else {}))
+    unknown = [name for name in args.figures if name not in FIGURES]
+    if unknown:
+        raise InterlinguaError(f"unknown table or figure {unknown} (known: {sorted(FIGURES)})")
+    study = spec.get("study")
+    if study is not None and "few_shot_seeds" in spec:  # k-shot and relay rows: their own planned seeds
+        study = {**study, "few_shot_seeds": spec["few_shot_seeds"]}
+    for name in args.figures:
+        FIGURES[name](args.results, Path(args.out_dir) / name, **({"study": study} if study is not None else {}))
 
 
 def cmd_figures_readme(args):
@@ -232,7 +244,7 @@ def cmd_figures_readme(args):
         commit += " (with uncommitted changes)" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown (not a git checkout)"
-    figures_readme(args.out, args.outputs, spec["config_fingerprint"], commit)
+    figures_readme(args.out, args.outputs, spec["config_fingerprint"], commit, prune=args.prune)
 
 
 def cmd_store(args):
@@ -296,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("--task", req), ("--alias", req), ("--split", req), ("--model-dir", req), ("--out", req))
     command("eval-random", cmd_eval_random, "chance accuracy: seeded uniform random labels",
             ("--task", req), ("--split", req), ("--out", req))
+    command("eval-majority", cmd_eval_majority, "majority class: the most frequent training label on every eval row",
+            ("--task", req), ("--train-split", req), ("--split", req), ("--out", req))
     command("eval-bridge", cmd_eval_bridge, "bridge accuracy with shuffled- and zero-source controls",
             ("--task", req), ("--sender", req), ("--receiver", req), ("--bridge", req), ("--store", req),
             ("--receiver-dir", req), ("--checkpoint", req), ("--out", req))
@@ -327,10 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     command("collect", cmd_collect, "concatenate tidy result CSVs", ("--out", req),
             ("--metrics", {"help": "also write mean accuracy per task and method as JSON (dvc metrics)"}),
             ("inputs", {"nargs": "+"}))
-    command("report", cmd_report, "write one table or figure from tidy results",
-            ("figure", {}), ("--results", req), ("--out", req))
+    command("report", cmd_report, "write tables and figures from tidy results: OUT_DIR/NAME.{md,tex} or .png",
+            ("figures", {"nargs": "+", "metavar": "NAME"}), ("--results", req),
+            ("--out-dir", {"default": "figures"}))
     command("figures-readme", cmd_figures_readme, "list every table and figure with the config and commit",
-            ("--out", req), ("outputs", {"nargs": "+"}))
+            ("--out", req), ("outputs", {"nargs": "+"}),
+            ("--prune", {"action": "store_true",
+                         "help": "remove the other files beside --out (not subfolders): an earlier config's"}))
     store = sub.add_parser("store", help="inspect, verify, export or import an activation store")
     actions = store.add_subparsers(dest="action", required=True)
     for action, help_text, other in [

@@ -1,10 +1,18 @@
 """Tidy results -> tables and figures. One small function per output; shared style here.
 
 Every function reads the tidy table (one row per run x metric) written by `collect`.
+`study` is the config's `study` section, plus `few_shot_seeds` (the config's `few_shot.seeds`: the
+k-shot and relay rows' seeds). Rules of every table:
+- each accuracy cell shows its n (evaluation rows scored), and a table whose methods were not all
+  scored on the same number of rows says so in a note naming them;
+- a table keeps the seeds the config planned for each method (pair seeds for bridges, sweep_seeds
+  for sweeps, few_shot.seeds for k-shot and relays, study.seeds otherwise), and a result row in its
+  scope that it does not show is counted and named in its caption (figures: a footnote).
 """
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +23,7 @@ import pandas as pd  # noqa: E402
 
 from .evaluate import COLUMNS  # noqa: E402
 
+BRIDGE_COLORS = ["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:cyan", "tab:olive"]
 STYLE = {"figure.dpi": 120, "axes.spines.top": False, "axes.spines.right": False, "font.size": 9}
 ORDER = ["zero_shot", "prompt_tuning", "bridge", "bridge:shuffled_source", "bridge:zero_source"]
 
@@ -51,6 +60,8 @@ def method_label(row) -> str:
     method = row.method
     if method == "random":
         return "random (uniform labels)"
+    if method == "majority":
+        return "majority class (of the training labels)"
     if method == "zero_shot":
         return f"{row.receiver} zero-shot (reads the text)"
     if method == "few_shot":
@@ -69,7 +80,7 @@ def method_label(row) -> str:
 
 
 def method_rank(row) -> int:
-    order = ["random", "zero_shot", "few_shot", "prompt_tuning", "text_relay", "cot_relay", "lora", "finetune",
+    order = ["random", "majority", "zero_shot", "few_shot", "prompt_tuning", "text_relay", "cot_relay", "lora", "finetune",
              "bridge", "bridge:shuffled_source", "bridge:zero_source"]
     key = "finetune" if row.method.startswith("finetune_last") else row.method
     key = key + (f":{row.variant}" if key == "bridge" and row.variant else "")
@@ -77,19 +88,120 @@ def method_rank(row) -> int:
 
 
 def accuracy_summary(results: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """mean, std and seed count of a metric per (task, method label), in a fixed method order."""
+    """mean, std, seed count and n (the distinct eval row counts, a tuple) of a metric per (task, method
+    label), in a fixed method order."""
     acc = results[results.metric == metric].copy()
     if acc.empty:
         return pd.DataFrame(columns=["task", "rank", "label", "mean", "std", "seeds", "n"])
     acc["label"] = acc.apply(method_label, axis=1)
     acc["rank"] = acc.apply(method_rank, axis=1)
     summary = acc.groupby(["task", "rank", "label"]).agg(mean=("value", "mean"), std=("value", "std"),
-                                                          seeds=("value", "size"), n=("n", "first"))
+                                                          seeds=("value", "size"), n=("n", n_values))
     return summary.reset_index().fillna({"std": 0.0}).sort_values(["task", "rank", "label"])
 
 
+def n_values(column) -> tuple[int, ...]:
+    """The distinct eval row counts of some result rows (read as text: "30" < "100" as numbers), or of
+    already aggregated tuples of them."""
+    flat = [x for v in column for x in (v if isinstance(v, tuple) else (v,))]
+    return tuple(sorted({int(float(v)) for v in flat if str(v) != ""}))
+
+
+def _n_text(ns) -> str:
+    return "n=" + "/".join(map(str, ns)) if ns else "n=?"
+
+
+def cell(mean: float, std: float, seeds: int, ns) -> str:
+    """`0.810 ± 0.020 (n=100)`: mean ± std over seeds (one seed: the value), and the eval rows scored."""
+    std = 0.0 if pd.isna(std) else std
+    value = f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
+    return f"{value} ({_n_text(ns)})"
+
+
 def _cell(row) -> str:
-    return f"{row['mean']:.3f} ± {row['std']:.3f}" if row["seeds"] > 1 else f"{row['mean']:.3f}"
+    return cell(row["mean"], row["std"], row["seeds"], row["n"])
+
+
+def unequal_n_note(acc: pd.DataFrame, label: str = "label") -> str:
+    """Per task, the methods whose n differs from the rest (they were not scored on the same rows)."""
+    notes = []
+    for task, part in acc.groupby("task", sort=True):
+        ns = part.groupby(label)["n"].agg(n_values)
+        if len(set(ns)) < 2:
+            continue
+        # the reference is the n most methods share (a tie: the larger n); the others are named
+        members = {group: [name for name, value in ns.items() if value == group] for group in set(ns)}
+        groups = sorted(members, key=lambda group: (-len(members[group]), -max(group, default=0)))
+        modal = groups[0]
+        odd = "; ".join(f"{', '.join(members[group])} ({_n_text(group)})" for group in groups[1:])
+        notes.append(f"{task}: {odd}; every other method {_n_text(modal)}")
+    if not notes:
+        return ""
+    return "Unequal n, these methods were not scored on the same rows as the rest: " + " | ".join(notes) + "."
+
+
+def _seed_key(seed) -> tuple:
+    return (0, int(float(seed))) if str(seed).strip() not in ("", "nan") else (1, 0)
+
+
+def not_shown_note(dropped: pd.DataFrame, why: str) -> str:
+    """`3 accuracy rows of results.csv not shown (why): sst2 / <method> seed 7; ...`, or ""."""
+    if dropped.empty:
+        return ""
+    named = dropped.assign(label=dropped.apply(method_label, axis=1))
+    parts = []
+    for (task, name), part in named.groupby(["task", "label"], sort=True):
+        seeds = sorted(set(part.seed), key=_seed_key)
+        parts.append(f"{task} / {name}" + (f" seed {', '.join(map(str, seeds))}" if seeds != [""] else "")
+                     + (f" ({len(part)} rows)" if len(part) > len(seeds) else ""))
+    return (f"{len(dropped)} accuracy row{'s' if len(dropped) > 1 else ''} of results.csv not shown ({why}): "
+            + "; ".join(parts) + ".")
+
+
+def _caption(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
+
+
+def _seed_set(seeds) -> set[str]:
+    return {str(int(s)) for s in seeds}
+
+
+def pair_seeds(study: dict, sender: str, receiver: str) -> list[int]:
+    """The main bridges' seeds of a pair (its own `seeds`, else study.seeds); same-model pairs: sweep_seeds."""
+    for pair in study["pairs"]:
+        if (pair["sender"], pair["receiver"]) == (sender, receiver):
+            return list(pair.get("seeds", study["seeds"]))
+    return list(study["sweep_seeds"])
+
+
+def planned(rows: pd.DataFrame, study: dict, bridge_seeds=None) -> pd.Series:
+    """Whether each row's seed is one the config planned for its method: k-shot and relays few_shot.seeds,
+    bridges their pair's seeds (or `bridge_seeds` for a sweep table), fine-tuning sweep_seeds, others
+    study.seeds. Rows without a seed (deterministic methods) always are."""
+    few_shot = _seed_set(study.get("few_shot_seeds", study["seeds"]))
+
+    def is_planned(row) -> bool:
+        if str(row.seed).strip() in ("", "nan"):
+            return True
+        if row.method in ("few_shot", "text_relay", "cot_relay"):
+            seeds = few_shot
+        elif row.method == "bridge":
+            seeds = _seed_set(bridge_seeds if bridge_seeds is not None
+                              else pair_seeds(study, row.sender, row.receiver))
+        elif row.method == "lora" or row.method.startswith("finetune_last"):
+            seeds = _seed_set(study["sweep_seeds"])
+        else:
+            seeds = _seed_set(study["seeds"])
+        return str(int(float(row.seed))) in seeds
+
+    return rows.apply(is_planned, axis=1).astype(bool) if len(rows) else pd.Series(False, index=rows.index)
+
+
+def _keep_planned(rows: pd.DataFrame, study: dict, why: str, bridge_seeds=None) -> tuple[pd.DataFrame, str]:
+    """(the rows of planned seeds, the caption note naming the accuracy rows left out)."""
+    keep = planned(rows, study, bridge_seeds)
+    dropped = rows[~keep & (rows.metric == "accuracy")]
+    return rows[keep], not_shown_note(dropped, why)
 
 
 def _write_table(frame: pd.DataFrame, out_prefix, caption: str, label: str) -> None:
@@ -101,9 +213,17 @@ def _write_table(frame: pd.DataFrame, out_prefix, caption: str, label: str) -> N
     out_prefix.with_suffix(".tex").write_text(frame.to_latex(caption=caption, label=f"tab:{label}"))
 
 
-def _save_figure(fig, out_prefix) -> None:
+def _save_figure(fig, out_prefix, note: str = "") -> None:
+    """Save as OUT.png; `note` (unequal n, rows not shown) goes under the axes as a footnote."""
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if note:
+        wrapped = textwrap.fill(note, width=int(fig.get_figwidth() * 22))
+        lines = wrapped.count("\n") + 1
+        bottom = min(0.6, (0.12 * lines + 0.05) / fig.get_figheight())
+        fig.tight_layout(rect=(0, bottom, 1, 1))
+        fig.text(0.01, 0.01, wrapped, fontsize=6, va="bottom", ha="left")
+    else:
+        fig.tight_layout()
     fig.savefig(Path(out_prefix).with_suffix(".png"))
     plt.close(fig)
 
@@ -121,42 +241,36 @@ def _accuracy_by_task(results: pd.DataFrame, label: str) -> pd.DataFrame:
     return wide
 
 
-def _caption_counts(results: pd.DataFrame) -> str:
-    acc = results[results.metric == "accuracy"]
-    counts = acc["n"].astype(float).astype(int).groupby(acc["task"]).max()  # read as text: "30" > "100"
-    return ", ".join(f"{task}: {n} examples" for task, n in counts.items())
+MAIN_METHODS = ["random", "majority", "zero_shot", "few_shot", "prompt_tuning", "text_relay", "bridge"]
+PLANNED_SEEDS = ("seeds the config did not plan for the method: study.seeds, a pair's own seeds for its "
+                 "bridges, few_shot.seeds for k-shot and relays")
 
 
-def _main_rows(results: pd.DataFrame, study: dict, tasks) -> pd.DataFrame:
-    """Table 2 methods on the main seeds: no sweep variants, no same-model bridges, no fine-tuning."""
+def _main_rows(results: pd.DataFrame, study: dict, tasks) -> tuple[pd.DataFrame, str]:
+    """Table 2's accuracy rows (no sweep variants, same-model bridges or fine-tuning: their own tables),
+    on the seeds the config planned for each method; and the note naming what that leaves out."""
     main = set(study["bridges"])
     pairs = {(p["sender"], p["receiver"]) for p in study["pairs"]}
-    keep = results.task.isin(tasks) & results.method.isin(
-        ["random", "zero_shot", "few_shot", "prompt_tuning", "text_relay", "bridge"])
+    keep = results.task.isin(tasks) & results.method.isin(MAIN_METHODS) & (results.metric == "accuracy")
     is_bridge = results.method == "bridge"
-    main_bridge = results.bridge.isin(main) & results.apply(lambda r: (r.sender, r.receiver) in pairs, axis=1)
-    seeds = results.seed.isin([str(s) for s in study["seeds"]]) | (results.seed == "")
-    return results[keep & (~is_bridge | main_bridge) & seeds]
+    in_pairs = pd.Series([(s, r) in pairs for s, r in zip(results.sender, results.receiver)], index=results.index,
+                         dtype=bool)
+    main_bridge = results.bridge.isin(main) & in_pairs
+    return _keep_planned(results[keep & (~is_bridge | main_bridge)], study, PLANNED_SEEDS)
 
 
-def table_main(results_path, out_prefix, study: dict | None = None) -> None:
-    """figures/table_main.{md,tex}: accuracy of every main method on every task."""
-    results = read_results(results_path)
-    if study is not None:
-        results = _main_rows(results, study, study["tasks"])
-    wide = _accuracy_by_task(results, "table_main")
-    caption = ("Accuracy on the evaluation split (" + _caption_counts(results)
-               + "); mean ± std over seeds where there is more than one.")
-    _write_table(wide, out_prefix, caption, "main")
+def _accuracy_caption(title: str, rows: pd.DataFrame, dropped_note: str) -> str:
+    acc = rows[rows.metric == "accuracy"]
+    labelled = acc.assign(label=acc.apply(method_label, axis=1)) if len(acc) else acc.assign(label=[])
+    return _caption(title, "Cells: mean ± std over seeds where there is more than one (the seeds column: how "
+                    "many), n = evaluation rows scored.", unequal_n_note(labelled), dropped_note)
 
 
 def table2_main(results_path, out_prefix, study: dict) -> None:
-    """Every task x {random, prompt tuning, each model 0-shot and 5-shot, text relay, bridge}."""
-    results = _main_rows(read_results(results_path), study, study["tasks"])
+    """Every task x {random, majority class, prompt tuning, each model 0-shot and k-shot, text relay, bridge}."""
+    results, dropped = _main_rows(read_results(results_path), study, study["tasks"])
     wide = _accuracy_by_task(results, "table2_main")
-    caption = ("Table 2: accuracy on every task (" + _caption_counts(results) + "). Trained methods: mean ± std "
-               f"over seeds {study['seeds']}; text relay on a seeded subset of the eval rows where n is smaller.")
-    _write_table(wide, out_prefix, caption, "main")
+    _write_table(wide, out_prefix, _accuracy_caption("Table 2: accuracy on every task.", results, dropped), "main")
 
 
 def table9_reasoning(results_path, out_prefix, study: dict) -> None:
@@ -164,9 +278,9 @@ def table9_reasoning(results_path, out_prefix, study: dict) -> None:
     tasks = [t for t in study["tasks"] if t in REASONING_TASKS]
     if not tasks:
         raise ValueError("table9_reasoning: study.tasks has none of " + ", ".join(REASONING_TASKS))
-    results = _main_rows(read_results(results_path), study, tasks)
+    results, dropped = _main_rows(read_results(results_path), study, tasks)
     wide = _accuracy_by_task(results, "table9_reasoning")
-    _write_table(wide, out_prefix, "Table 9: reasoning tasks (" + _caption_counts(results) + ").", "reasoning")
+    _write_table(wide, out_prefix, _accuracy_caption("Table 9: reasoning tasks.", results, dropped), "reasoning")
 
 
 def _first_pair_bridges(results: pd.DataFrame, study: dict, tasks, bridges) -> pd.DataFrame:
@@ -175,31 +289,42 @@ def _first_pair_bridges(results: pd.DataFrame, study: dict, tasks, bridges) -> p
                    & (results.sender == first["sender"]) & (results.receiver == first["receiver"])]
 
 
-def _by_bridge(rows: pd.DataFrame, index_name: str, index_of=lambda bridge: bridge) -> pd.DataFrame:
-    """Rows per bridge (variant) x columns per task (+ controls and trainable parameters)."""
+def _by_bridge(rows: pd.DataFrame, index_name: str, index_of=lambda bridge: bridge) -> tuple[pd.DataFrame, str]:
+    """Rows per bridge (variant) x columns per task (+ controls and trainable parameters); the unequal-n note."""
     acc = rows[rows.metric == "accuracy"].copy()
     acc["column"] = acc.task + acc.variant.map(lambda v: f" ({v.replace('_', '-')})" if v else "")
     acc["key"] = acc.bridge.map(index_of)
-    grouped = acc.groupby(["key", "column"])["value"].agg(["mean", "std", "size"]).reset_index()
-    grouped["cell"] = grouped.apply(lambda r: f"{r['mean']:.3f} ± {0 if pd.isna(r['std']) else r['std']:.3f}"
-                                    if r["size"] > 1 else f"{r['mean']:.3f}", axis=1)
+    grouped = acc.groupby(["key", "column"]).agg(mean=("value", "mean"), std=("value", "std"),
+                                                 size=("value", "size"), n=("n", n_values)).reset_index()
+    grouped["cell"] = grouped.apply(lambda r: cell(r["mean"], r["std"], r["size"], r["n"]), axis=1)
     wide = grouped.pivot(index="key", columns="column", values="cell").rename_axis(index=index_name, columns=None)
     params = rows[rows.metric == "trainable_parameters"].copy()
     if not params.empty:
         params["key"] = params.bridge.map(index_of)
         wide["trainable parameters"] = params.groupby("key")["value"].first().map(lambda v: f"{int(v):,}")
-    return wide.fillna("–")
+    named = acc.assign(label=acc.key.astype(str) + acc.variant.map(lambda v: f" ({v.replace('_', '-')})" if v
+                                                                    else ""))
+    return wide.fillna("–"), unequal_n_note(named)
+
+
+def _sweep_rows(results: pd.DataFrame, study: dict, tasks, bridges) -> tuple[pd.DataFrame, str]:
+    """A sweep table's rows (first pair, these bridge variants) on study.sweep_seeds, and the note naming
+    the accuracy rows of other seeds (e.g. the main bridge's pair seeds) left out."""
+    rows = _first_pair_bridges(results, study, tasks, bridges)
+    return _keep_planned(rows, study, f"seeds outside study.sweep_seeds {study['sweep_seeds']}",
+                         bridge_seeds=study["sweep_seeds"])
 
 
 def table1_architectures(results_path, out_prefix, study: dict) -> None:
     """Bridge architecture ablation (first pair), with the shuffled- and zero-source controls."""
     section = study["ablation"]
-    rows = _first_pair_bridges(read_results(results_path), study, section["tasks"], section["bridges"])
-    rows = rows[rows.seed.isin([str(s) for s in study["sweep_seeds"]])]  # the main bridge has more: same seeds for all
-    wide = _by_bridge(rows, "bridge").reindex([b for b in section["bridges"] if b in set(rows.bridge)])
+    rows, dropped = _sweep_rows(read_results(results_path), study, section["tasks"], section["bridges"])
+    wide, unequal = _by_bridge(rows, "bridge")
+    wide = wide.reindex([b for b in section["bridges"] if b in set(rows.bridge)])
     first = study["pairs"][0]
-    _write_table(wide, out_prefix, f"Table 1: bridge architectures, {first['sender']} -> {first['receiver']}, "
-                 f"seeds {study['sweep_seeds']}, equal step budgets.", "architectures")
+    _write_table(wide, out_prefix, _caption(
+        f"Table 1: bridge architectures, {first['sender']} -> {first['receiver']}, seeds {study['sweep_seeds']}, "
+        "equal step budgets; n = evaluation rows scored.", unequal, dropped), "architectures")
 
 
 def _variant_value(bridge: str, key: str):
@@ -211,67 +336,78 @@ def table7_token_scaling(results_path, out_prefix, study: dict) -> None:
     """Accuracy against the number of soft tokens M (first pair)."""
     section, main = study["token_scaling"], study["bridges"][0]
     names = [f"{main}~num_queries={m}" for m in section["num_queries"]]
-    rows = _first_pair_bridges(read_results(results_path), study, section["tasks"], names)
-    rows = rows[rows.variant == ""]
-    wide = _by_bridge(rows, "soft tokens M", lambda b: _variant_value(b, "num_queries")).sort_index()
-    _write_table(wide, out_prefix, "Table 7: accuracy against the number of soft tokens M.", "token_scaling")
+    rows, dropped = _sweep_rows(read_results(results_path), study, section["tasks"], names)
+    wide, unequal = _by_bridge(rows[rows.variant == ""], "soft tokens M", lambda b: _variant_value(b, "num_queries"))
+    _write_table(wide.sort_index(), out_prefix, _caption(
+        f"Table 7: accuracy against the number of soft tokens M, seeds {study['sweep_seeds']}; n = evaluation "
+        "rows scored.", unequal, dropped), "token_scaling")
 
 
 def fig5_token_scaling(results_path, out_prefix, study: dict) -> None:
     """Accuracy against the number of soft tokens M, one line per task."""
     section, main = study["token_scaling"], study["bridges"][0]
     names = [f"{main}~num_queries={m}" for m in section["num_queries"]]
-    rows = _first_pair_bridges(read_results(results_path), study, section["tasks"], names)
+    rows, dropped = _sweep_rows(read_results(results_path), study, section["tasks"], names)
     rows = rows[(rows.variant == "") & (rows.metric == "accuracy")].copy()
     rows["M"] = rows.bridge.map(lambda b: _variant_value(b, "num_queries"))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         for task, part in rows.groupby("task"):
             stats = part.groupby("M")["value"].agg(["mean", "std"]).fillna(0.0)
-            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", label=task, capsize=3)
+            ns = _n_text(n_values(part.n))
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", label=f"{task} ({ns})", capsize=3)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("soft tokens M")
         ax.set_ylabel("accuracy")
         ax.legend()
-        _save_figure(fig, out_prefix)
+        _save_figure(fig, out_prefix, _caption(unequal_n_note(rows.assign(label=rows.bridge)), dropped))
 
 
 def table10_hyperparameters(results_path, out_prefix, study: dict) -> None:
     """One option changed at a time from the main bridge (the appendix's source-layer sweep included)."""
     from .study import sweep_variants
     names = sweep_variants(study)["hyperparameters"]
-    rows = _first_pair_bridges(read_results(results_path), study, study["hyperparameters"]["tasks"], names)
+    rows, dropped = _sweep_rows(read_results(results_path), study, study["hyperparameters"]["tasks"], names)
     rows = rows[rows.variant == ""]
-    wide = _by_bridge(rows, "setting", lambda b: b.split("~", 1)[1].replace("=", " = "))
+    wide, unequal = _by_bridge(rows, "setting", lambda b: b.split("~", 1)[1].replace("=", " = "))
     wide = wide.reindex([n.split("~", 1)[1].replace("=", " = ") for n in names if n in set(rows.bridge)])
-    _write_table(wide, out_prefix, "Table 10: hyperparameters of the main bridge, one changed at a time "
-                 "(source_layer rows: the source-layer sweep).", "hyperparameters")
+    _write_table(wide, out_prefix, _caption(
+        f"Table 10: hyperparameters of the main bridge, one changed at a time (source_layer rows: the "
+        f"source-layer sweep), seeds {study['sweep_seeds']}; n = evaluation rows scored.", unequal, dropped),
+        "hyperparameters")
 
 
-def _pair_table(results: pd.DataFrame, study: dict, tasks, seeds) -> pd.DataFrame:
+def _pair_table(results: pd.DataFrame, study: dict, tasks, sweep: bool) -> tuple[pd.DataFrame, str]:
+    """The main bridge per pair and task: stats with cells, and the notes (unequal n, rows not shown).
+    sweep: every pair on study.sweep_seeds (table 6); else each pair on its own seeds (table 8)."""
     main = study["bridges"][0]
     rows = results[(results.method == "bridge") & (results.bridge == main) & results.task.isin(tasks)
-                   & (results.variant == "") & (results.metric == "accuracy") & results.seed.isin(map(str, seeds))]
+                   & (results.variant == "") & (results.metric == "accuracy")]
+    if sweep:
+        rows, dropped = _keep_planned(rows, study, f"seeds outside study.sweep_seeds {study['sweep_seeds']}",
+                                      bridge_seeds=study["sweep_seeds"])
+    else:
+        rows, dropped = _keep_planned(rows, study, "seeds the config did not plan for that pair")
     rows = rows.assign(pair=rows.sender + " -> " + rows.receiver,
                        kind=(rows.sender == rows.receiver).map({True: "same model", False: "cross model"}))
-    stats = rows.groupby(["kind", "pair", "task"])["value"].agg(["mean", "std", "size"]).reset_index()
-    stats["cell"] = stats.apply(lambda r: f"{r['mean']:.3f} ± {r['std']:.3f}" if r["size"] > 1
-                                else f"{r['mean']:.3f}", axis=1)
-    return stats
+    stats = rows.groupby(["kind", "pair", "task"]).agg(mean=("value", "mean"), std=("value", "std"),
+                                                      size=("value", "size"), n=("n", n_values)).reset_index()
+    stats["cell"] = stats.apply(lambda r: cell(r["mean"], r["std"], r["size"], r["n"]), axis=1)
+    return stats, _caption(unequal_n_note(rows.assign(label=rows.pair)), dropped)
 
 
 def table6_same_vs_cross(results_path, out_prefix, study: dict) -> None:
     """Same-model (A->A, B->B) against cross-model bridges."""
-    stats = _pair_table(read_results(results_path), study, study["same_model"]["tasks"], study["sweep_seeds"])
+    stats, notes = _pair_table(read_results(results_path), study, study["same_model"]["tasks"], sweep=True)
     wide = stats.pivot_table(index=["kind", "pair"], columns="task", values="cell", aggfunc="first").fillna("–")
-    _write_table(wide.rename_axis(columns=None), out_prefix,
-                 f"Table 6: same-model vs cross-model bridges ({study['bridges'][0]}), seeds {study['sweep_seeds']}.",
-                 "same_vs_cross")
+    _write_table(wide.rename_axis(columns=None), out_prefix, _caption(
+        f"Table 6: same-model vs cross-model bridges ({study['bridges'][0]}), seeds {study['sweep_seeds']}; "
+        "n = evaluation rows scored.", notes), "same_vs_cross")
 
 
 def fig4_same_vs_cross(results_path, out_prefix, study: dict) -> None:
     """Same-model against cross-model bridges, bars per task."""
-    stats = _pair_table(read_results(results_path), study, study["same_model"]["tasks"], study["sweep_seeds"])
+    stats, notes = _pair_table(read_results(results_path), study, study["same_model"]["tasks"], sweep=True)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(5.5, 3.2))
         tasks, pairs = sorted(stats.task.unique()), list(dict.fromkeys(stats.sort_values("kind").pair))
@@ -284,63 +420,92 @@ def fig4_same_vs_cross(results_path, out_prefix, study: dict) -> None:
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy")
         ax.legend(fontsize=7)
-        _save_figure(fig, out_prefix)
+        _save_figure(fig, out_prefix, notes)
 
 
 def table8_bidirectional(results_path, out_prefix, study: dict) -> None:
     """Both directions of the main bridge on every task."""
-    stats = _pair_table(read_results(results_path), study, study["tasks"], study["seeds"])
+    stats, notes = _pair_table(read_results(results_path), study, study["tasks"], sweep=False)
     stats = stats[stats.kind == "cross model"]
     wide = stats.pivot_table(index="task", columns="pair", values="cell", aggfunc="first").fillna("–")
-    _write_table(wide.rename_axis(columns=None), out_prefix,
-                 f"Table 8: both directions of the main bridge, seeds {study['seeds']}.", "bidirectional")
+    seeds = "; ".join(f"{p['sender']} -> {p['receiver']}: {pair_seeds(study, p['sender'], p['receiver'])}"
+                      for p in study["pairs"])
+    _write_table(wide.rename_axis(columns=None), out_prefix, _caption(
+        f"Table 8: both directions of the main bridge ({study['bridges'][0]}), seeds {seeds}; "
+        "n = evaluation rows scored.", notes), "bidirectional")
 
 
 def fig2_bridge_vs_prompt_tuning(results_path, out_prefix, study: dict) -> None:
-    """Per task: the main bridge (first pair) against prompt tuning of the same receiver."""
-    results = _main_rows(read_results(results_path), study, study["tasks"])
-    first = study["pairs"][0]
-    acc = results[(results.metric == "accuracy") & (results.receiver == first["receiver"]) & (results.variant == "")
-                  & (((results.method == "bridge") & (results.sender == first["sender"]))
-                     | (results.method == "prompt_tuning"))]
-    stats = acc.groupby(["task", "method"])["value"].agg(["mean", "std"]).fillna(0.0).reset_index()
-    tasks = list(study["tasks"])
+    """Per task: each main bridge (first pair, one bar each) against prompt tuning of the same receiver,
+    with the majority class as a line."""
+    stats, shown, dropped = fig2_stats(read_results(results_path), study)
+    first, tasks = study["pairs"][0], list(study["tasks"])
+    series = [f"bridge:{b}" for b in study["bridges"]] + ["prompt_tuning"]
+    width = 0.8 / len(series)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(1.1 * len(tasks) + 2.5, 3.2))
-        for i, (method, color) in enumerate([("bridge", "tab:blue"), ("prompt_tuning", "tab:orange")]):
-            part = stats[stats.method == method].set_index("task").reindex(tasks)
-            label = f"bridge {first['sender']} -> {first['receiver']}" if method == "bridge" else "prompt tuning"
-            ax.bar([t + 0.4 * i for t in range(len(tasks))], part["mean"], 0.4, yerr=part["std"], color=color,
-                   label=label, capsize=2)
-        ax.set_xticks([t + 0.2 for t in range(len(tasks))], tasks, rotation=20)
+        for i, name in enumerate(series):
+            part = stats[stats.series == name].set_index("task").reindex(tasks)
+            label = (f"bridge {first['sender']} -> {first['receiver']} ({name.split(':', 1)[1]})"
+                     if name.startswith("bridge:") else f"prompt tuning on {first['receiver']}")
+            ax.bar([t + width * i for t in range(len(tasks))], part["mean"], width, yerr=part["std"], label=label,
+                   capsize=2, color="tab:orange" if name == "prompt_tuning" else BRIDGE_COLORS[i % len(BRIDGE_COLORS)])
+        majority = stats[stats.series == "majority"].set_index("task").reindex(tasks)["mean"]
+        for t, value in enumerate(majority):
+            ax.hlines(value, t - width / 2, t + width * (len(series) - 0.5), colors="black", linestyles="dashed",
+                      label="majority class" if t == 0 else None)
+        ax.set_xticks([t + width * (len(series) - 1) / 2 for t in range(len(tasks))], tasks, rotation=20)
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy")
         ax.legend(fontsize=7)
-        _save_figure(fig, out_prefix)
+        _save_figure(fig, out_prefix, _caption(unequal_n_note(shown.assign(label=shown.apply(method_label, axis=1))),
+                                               dropped))
+
+
+def fig2_stats(results: pd.DataFrame, study: dict) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """fig2's bars: (task, series, mean, std) with one series per main bridge (`bridge:<name>`), prompt tuning
+    and the majority class; the rows shown; the note naming the rows left out."""
+    results, dropped = _main_rows(results, study, study["tasks"])
+    first = study["pairs"][0]
+    acc = results[(results.variant == "") & (
+        ((results.method == "bridge") & (results.sender == first["sender"]) & (results.receiver == first["receiver"]))
+        | ((results.method == "prompt_tuning") & (results.receiver == first["receiver"]))
+        | (results.method == "majority"))]
+    acc = acc.assign(series=acc.method.where(acc.method != "bridge", "bridge:" + acc.bridge))
+    stats = acc.groupby(["task", "series"])["value"].agg(["mean", "std"]).fillna(0.0).reset_index()
+    return stats, acc, dropped
 
 
 def table4_finetuning(results_path, out_prefix, study: dict) -> None:
-    """Bridge vs receiver fine-tuning (LoRA, last N blocks) and CoT relay: accuracy, parameters, time."""
+    """Bridge vs receiver fine-tuning (LoRA, last N blocks) and CoT relay: accuracy, n, parameters, time."""
     results = read_results(results_path)
     section, first, main = study["finetune"], study["pairs"][0], study["bridges"][0]
-    seeds = [str(s) for s in study["sweep_seeds"]]
     rows = results[results.task.isin(section["tasks"]) & (results.variant == "") & (
         ((results.method == "bridge") & (results.bridge == main) & (results.sender == first["sender"])
-         & (results.receiver == first["receiver"]) & results.seed.isin(seeds))
-        | ((results.method == "lora") | results.method.str.startswith("finetune_last")) & results.seed.isin(seeds)
+         & (results.receiver == first["receiver"]))
+        | ((results.method == "lora") | results.method.str.startswith("finetune_last"))
         | (results.method.isin(["cot_relay", "text_relay"]) & (results.sender == first["sender"])
            & (results.receiver == first["receiver"])))]
+    rows, dropped = _keep_planned(rows, study, f"bridge and fine-tuning seeds outside study.sweep_seeds "
+                                  f"{study['sweep_seeds']}, relay seeds outside few_shot.seeds",
+                                  bridge_seeds=study["sweep_seeds"])
     rows = rows.assign(label=rows.apply(method_label, axis=1), rank=rows.apply(method_rank, axis=1))
     metrics = {"accuracy": "accuracy", "trainable_parameters": "trainable parameters",
                "seconds_per_example": "eval s/example (receiver)", "relay_seconds_per_example": "relay s/example"}
     stats = rows[rows.metric.isin(metrics)].groupby(["task", "rank", "label", "metric"])["value"].mean()
     wide = stats.unstack("metric").reindex(columns=[m for m in metrics if m in set(rows.metric)])
-    wide = wide.rename(columns=metrics).reset_index(level="rank", drop=True)
+    wide = wide.rename(columns=metrics).round(3)
+    acc = rows[rows.metric == "accuracy"]
+    if not acc.empty:
+        ns = acc.groupby(["task", "rank", "label"])["n"].agg(lambda c: _n_text(n_values(c)).removeprefix("n="))
+        wide.insert(1 if "accuracy" in wide else 0, "n", ns)
+    wide = wide.reset_index(level="rank", drop=True)
     if "trainable parameters" in wide:
         wide["trainable parameters"] = wide["trainable parameters"].map(lambda v: "–" if pd.isna(v) else f"{int(v):,}")
-    _write_table(wide.round(3).fillna("–"), out_prefix,
-                 f"Table 4: bridge vs fine-tuning the receiver reading the text, seeds {study['sweep_seeds']}; "
-                 "relays generate text with the sender first (relay s/example).", "finetuning")
+    _write_table(wide.fillna("–"), out_prefix, _caption(
+        f"Table 4: bridge vs fine-tuning the receiver reading the text, seeds {study['sweep_seeds']} (relays: "
+        "mean over the k-shot seeds); n = evaluation rows scored; relays generate text with the sender first "
+        "(relay s/example).", unequal_n_note(acc), dropped), "finetuning")
 
 
 LATENCY_STAGES = ["latency_sender_encode_seconds", "latency_bridge_seconds", "latency_receiver_seconds",
@@ -403,45 +568,59 @@ OTHER_OUTPUTS = {"soft_token_neighbours": "Nearest receiver-vocabulary tokens (c
                                           "the soft tokens' pairwise cosine, for a few examples per class."}
 
 
-def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit: str) -> None:
-    """figures/README.md: every table and figure, and what produced it."""
+def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit: str, prune: bool = False) -> list[Path]:
+    """figures/README.md: every table and figure, and what produced it. With `prune`, the other files
+    beside it (an earlier config's outputs) are removed first, so the folder holds only what this config
+    produced; subfolders (other studies' figures) are left alone. Returns the removed files."""
+    out_path = Path(out_path)
+    keep = {Path(path).name for path in outputs} | {out_path.name}
+    removed = sorted(p for p in out_path.parent.iterdir() if p.is_file() and p.name not in keep) \
+        if prune and out_path.parent.is_dir() else []
+    for path in removed:
+        path.unlink()
     lines = ["# Figures and tables", "",
              f"Produced by `snakemake --cores all figures` from commit `{commit}` with config fingerprint "
-             f"`{config_fingerprint}`. Do not edit by hand: rerun the pipeline.", "",
+             f"`{config_fingerprint}`. Do not edit by hand: rerun the pipeline. This folder holds exactly the "
+             "files below (files of an earlier config are removed).", "",
              "| file | what |", "|---|---|"]
     for path in outputs:
         name = Path(path).stem
         doc = ((FIGURES[name].__doc__ or "").strip().splitlines() or [""])[0] if name in FIGURES else \
             OTHER_OUTPUTS.get(name, "")
         lines.append(f"| `{Path(path).name}` | {doc} |")
-    Path(out_path).write_text("\n".join(lines) + "\n")
+    if removed:
+        lines += ["", "Removed when this config ran (not produced by it): "
+                  + ", ".join(f"`{p.name}`" for p in removed) + "."]
+    out_path.write_text("\n".join(lines) + "\n")
+    return removed
 
 
-def fig_bridge_vs_baselines(results_path, out_prefix, study: dict | None = None) -> None:
+def fig_bridge_vs_baselines(results_path, out_prefix, study: dict) -> None:
     """Accuracy bars with seed std, one panel per task: the main bridge, its controls and the baselines."""
-    results = read_results(results_path)
-    if study is not None:
-        results = _main_rows(results, study, study["tasks"])
+    results, dropped = _main_rows(read_results(results_path), study, study["tasks"])
     summary = accuracy_summary(results)
     tasks = list(dict.fromkeys(summary["task"]))
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 3.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(tasks), figsize=(7.5 * len(tasks), 3.2), squeeze=False)
         for ax, task in zip(axes[0], tasks):
             part = summary[summary.task == task]
             colors = ["tab:blue" if l.startswith("bridge") and "control" not in l else
-                      "tab:gray" if "control" in l else "tab:orange" for l in part.label]
+                      "tab:gray" if "control" in l or l.startswith(("random", "majority")) else "tab:orange"
+                      for l in part.label]
             ax.barh(part.label, part["mean"], xerr=part["std"], color=colors)
-            ax.set_xlim(0, 1)
+            ax.set_xlim(0, 1.25)
             ax.invert_yaxis()
             ax.set_xlabel("accuracy")
-            ax.set_title(f"{task} (n={part['n'].iloc[0]})")
-            for y, value in enumerate(part["mean"]):
-                ax.text(value + 0.01, y, f"{value:.3f}", va="center")
-        _save_figure(fig, out_prefix)
+            counts = set(part["n"])
+            ax.set_title(task + (f" ({_n_text(next(iter(counts)))} for every method)" if len(counts) == 1
+                                 else " (n differs between methods: see the bars)"))
+            for y, (value, std, ns) in enumerate(zip(part["mean"], part["std"], part["n"])):
+                ax.text(value + std + 0.01, y, f"{value:.3f} ({_n_text(ns)})", va="center")
+        _save_figure(fig, out_prefix, _caption(unequal_n_note(summary), dropped))
 
 
 FIGURES = {
-    "table_main": table_main, "fig_bridge_vs_baselines": fig_bridge_vs_baselines,
+    "fig_bridge_vs_baselines": fig_bridge_vs_baselines,
     "table1_architectures": table1_architectures, "table2_main": table2_main, "table3_latency": table3_latency,
     "fig3_latency": fig3_latency, "table4_finetuning": table4_finetuning, "table5_throughput": table5_throughput,
     "table6_same_vs_cross": table6_same_vs_cross, "fig4_same_vs_cross": fig4_same_vs_cross,

@@ -130,7 +130,7 @@ def study_results(config: dict) -> list[str]:
     study = config["study"]
     out = [bridge_result(r) for r in bridge_runs(config)]
     for task in study["tasks"]:
-        out.append(f"results/random/{task}.csv")
+        out += [f"results/random/{task}.csv", f"results/majority/{task}.csv"]
         out += [f"results/zero_shot/{m}/{task}.csv" for m in study["zero_shot"]]
         for seed in config["few_shot"]["seeds"]:
             out += [f"results/few_shot/{m}/{task}/seed{seed}.csv" for m in study["few_shot"]]
@@ -195,12 +195,15 @@ def extract_layers(config: dict, sender: str, task: str) -> list[int]:
     return sorted(layers)
 
 
-def study_figures(config: dict) -> list[str]:
-    """Every table (.md + .tex) and figure (.png) under figures/ that the study's sections produce."""
+STUDY_NAME = "latentwire"  # `snakemake figures_latentwire`; its figures are the top-level files of figures/
+REASONING_TASKS = ("boolq", "piqa", "commonsense_qa")
+
+
+def study_reports(config: dict) -> tuple[list[str], list[str]]:
+    """(tables, plots): the report.FIGURES names the study's sections ask for."""
     study = config["study"]
-    tables, plots = ["table_main", "table2_main", "table8_bidirectional"], ["fig_bridge_vs_baselines",
-                                                                             "fig2_bridge_vs_prompt_tuning"]
-    if any(task in ("boolq", "piqa", "commonsense_qa") for task in study["tasks"]):
+    tables, plots = ["table2_main", "table8_bidirectional"], ["fig_bridge_vs_baselines", "fig2_bridge_vs_prompt_tuning"]
+    if any(task in REASONING_TASKS for task in study["tasks"]):
         tables.append("table9_reasoning")
     optional = {"ablation": (["table1_architectures"], []), "token_scaling": (["table7_token_scaling"],
                 ["fig5_token_scaling"]), "hyperparameters": (["table10_hyperparameters"], []),
@@ -211,8 +214,20 @@ def study_figures(config: dict) -> list[str]:
         if study[section]["tasks"]:
             tables += more_tables
             plots += more_plots
-    out = [f"figures/{name}{ext}" for name in tables for ext in (".md", ".tex")]
-    out += [f"figures/{name}.png" for name in plots]
-    if study["neighbours"]["tasks"]:
+    return tables, plots
+
+
+def report_outputs(config: dict) -> list[str]:
+    """The files the `report` job writes: each table as .md + .tex, each plot as .png."""
+    tables, plots = study_reports(config)
+    return sorted([f"figures/{name}{ext}" for name in tables for ext in (".md", ".tex")]
+                  + [f"figures/{name}.png" for name in plots])
+
+
+def study_figures(config: dict) -> list[str]:
+    """Every table (.md + .tex) and figure (.png) under figures/ that the study's sections produce
+    (figures/README.md aside, which lists them)."""
+    out = report_outputs(config)
+    if config["study"]["neighbours"]["tasks"]:
         out += ["figures/soft_token_neighbours.md", "figures/soft_token_neighbours.png"]
     return sorted(out)

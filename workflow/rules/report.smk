@@ -11,43 +11,33 @@ rule collect_results:
         "{CLI} collect --out {output.table} --metrics {output.metrics} {input} > {log} 2>&1"
 
 
+def report_spec():
+    """What the tables select by: the study section, and the k-shot (and relay) seeds it planned."""
+    return spec(study=STUDY, few_shot_seeds=config["few_shot"]["seeds"])
+
+
 rule report:
-    """One table from the tidy results; the function in report.py is named after the output."""
+    """Every table and figure of the study from the tidy results, in one job (each is one function of
+    report.py named after its file)."""
     input:
         "results/results.csv",
     output:
-        multiext("figures/{name}", ".md", ".tex"),
-    wildcard_constraints:
-        name="table[0-9]*_[a-z0-9_]+",
+        study_plan.report_outputs(config),
     params:
-        spec=lambda w: spec(study=STUDY),
+        names=sum(study_plan.study_reports(config), []),
+        spec=lambda w: report_spec(),
     log:
-        "logs/report/{name}.log",
+        "logs/report/report.log",
     shell:
-        "{CLI} report {wildcards.name} --results {input} --spec {params.spec:q} --out figures/{wildcards.name} "
-        "> {log} 2>&1"
-
-
-rule plot:
-    input:
-        "results/results.csv",
-    output:
-        "figures/{name}.png",
-    wildcard_constraints:
-        name="fig[0-9]*_[a-z0-9_]+",
-    params:
-        spec=lambda w: spec(study=STUDY),
-    log:
-        "logs/plot/{name}.log",
-    shell:
-        "{CLI} report {wildcards.name} --results {input} --spec {params.spec:q} --out figures/{wildcards.name} "
-        "> {log} 2>&1"
+        "{CLI} report {params.names} --results {input} --spec {params.spec:q} --out-dir figures > {log} 2>&1"
 
 
 rule figures_readme:
-    """figures/README.md: every output with the config fingerprint and the commit that produced it."""
+    """figures/README.md: every output with the config fingerprint and the commit that produced it.
+    Also removes the top-level files of figures/ that the current config does not produce (an earlier
+    config's tables); subfolders (other studies' figures) are left alone."""
     input:
-        [f for f in study_plan.study_figures(config)],
+        study_plan.study_figures(config),
     output:
         "figures/README.md",
     params:
@@ -55,10 +45,17 @@ rule figures_readme:
     log:
         "logs/report/README.log",
     shell:
-        "{CLI} figures-readme --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+        "{CLI} figures-readme --prune --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
 
 
-rule figures:
+rule figures_latentwire:
+    """The LatentWire study: every table and figure its config asks for, and figures/README.md."""
     input:
         study_plan.study_figures(config),
         "figures/README.md",
+
+
+rule figures:
+    """Every study's figures (today: the LatentWire study)."""
+    input:
+        rules.figures_latentwire.input,
