@@ -61,4 +61,4 @@ def test_pull_then_snakemake_runs_no_extraction(tmp_path):
     assert (second / "data/activations").exists()
     out = sh(second, sys.executable, "-m", "snakemake", "--cores", "2", "figures")
     assert "rule extract" not in out and "extract" not in sh(second, "ls", "logs")
-    assert (second / "figures/table_main.md").exists()
+    assert (second / "figures/table2_main.md").exists()

@@ -1,10 +1,12 @@
 """The whole DAG on the smoke config, in a temporary directory, through the real snakemake CLI."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -45,15 +47,48 @@ def test_smoke_dag_writes_every_table_and_figure(smoke_run):
         assert (smoke_run / name).stat().st_size > 0, name
     results = pd.read_csv(smoke_run / "results/results.csv", keep_default_na=False)
     accuracy = results[results.metric == "accuracy"]
-    assert set(accuracy.method) == {"random", "zero_shot", "few_shot", "prompt_tuning", "text_relay", "cot_relay",
-                                    "bridge", "lora", "finetune_last1"}
+    assert set(accuracy.method) == {"random", "majority", "zero_shot", "few_shot", "prompt_tuning", "text_relay",
+                                    "cot_relay", "bridge", "lora", "finetune_last1"}
     assert set(accuracy.variant) == {"", "2_shot", "shuffled_source", "zero_source"}
-    assert accuracy.value.between(0, 1).all()
-    sst2 = accuracy[(accuracy.task == "sst2") & ~accuracy.method.str.endswith("relay")]
-    assert (sst2.n == 32).all() and (accuracy[accuracy.method == "text_relay"].n == 8).all()
     assert accuracy.fingerprint.str.len().min() > 8
-    table = (smoke_run / "figures/table_main.md").read_text()
+    table = (smoke_run / "figures/table2_main.md").read_text()
     assert "bridge tiny_llama -> tiny_gemma3 (perceiver)" in table and "shuffled-source control" in table
+    assert "majority class (of the training labels)" in table and not (smoke_run / "figures/table_main.md").exists()
+
+
+def split_labels(workdir: Path, config: dict, task: str, role: str) -> list[int]:
+    name = config["tasks"][task]["splits"][role]
+    lines = (workdir / f"data/tasks/{task}/{name}.jsonl").read_text().splitlines()
+    return [json.loads(line)["label"] for line in lines if line.strip()]
+
+
+def test_smoke_baselines_and_n_match_the_split_files(smoke_run):
+    """Values recomputed from the split files, not only 'between 0 and 1'."""
+    import torch
+
+    config = load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")
+    results = pd.read_csv(smoke_run / "results/results.csv", keep_default_na=False, dtype={"seed": str})
+    accuracy = results[results.metric == "accuracy"]
+    main_table = (smoke_run / "figures/table2_main.md").read_text()
+    for task in config["study"]["tasks"]:
+        labels, train = split_labels(smoke_run, config, task, "eval"), split_labels(smoke_run, config, task, "train")
+        rows = accuracy[accuracy.task == task]
+        counts = Counter(train)
+        top = max(counts.values())
+        majority = min(label for label, count in counts.items() if count == top)
+        assert rows[rows.method == "majority"].value.item() == pytest.approx(labels.count(majority) / len(labels))
+        for seed in config["study"]["seeds"]:
+            guesses = torch.randint(len(config["tasks"][task]["label_names"]), (len(labels),),
+                                    generator=torch.Generator().manual_seed(seed)).tolist()
+            expected = sum(g == y for g, y in zip(guesses, labels)) / len(labels)
+            assert rows[(rows.method == "random") & (rows.seed == str(seed))].value.item() == pytest.approx(expected)
+        # every bridge, control and text baseline is scored on every eval row ...
+        assert (rows[rows.method == "bridge"].n == len(labels)).all()
+        assert (rows[~rows.method.str.endswith("relay")].n == len(labels)).all()
+        # ... and a main-table method that is not (a relay on a subset) is named in the table's note
+        for _, row in rows[rows.method == "text_relay"].iterrows():
+            if row.n != len(labels):
+                assert f"{task}: text relay {row.sender} -> {row.receiver} (n={row.n})" in main_table
     for name, expected in [("table1_architectures", "diffusion"), ("table7_token_scaling", "soft tokens M"),
                            ("table10_hyperparameters", "source_layer = 1"), ("table6_same_vs_cross", "same model"),
                            ("table4_finetuning", "LoRA"), ("table3_latency", "latency_sender_encode_seconds"),
@@ -64,6 +99,24 @@ def test_smoke_dag_writes_every_table_and_figure(smoke_run):
 
 
 def test_second_run_has_nothing_to_do(smoke_run):
+    for target in ("figures", "figures_latentwire"):
+        out = snakemake(smoke_run, "-n", target, "--configfile", str(REPO / "config/smoke.yaml"))
+        assert "Nothing to be done" in out.stdout + out.stderr, target
+
+
+def test_figures_hold_only_what_the_current_config_produced(smoke_run):
+    """An earlier config's table is removed when the figures' README is rewritten; other studies'
+    subfolders stay; afterwards there is still nothing to do."""
+    stale, other_study = smoke_run / "figures/table11_earlier_config.md", smoke_run / "figures/kv_alignment/t.md"
+    other_study.parent.mkdir(exist_ok=True)
+    stale.write_text("left by another config")
+    other_study.write_text("another study")
+    snakemake(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml"), "--forcerun", "figures_readme")
+    config = load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")
+    files = {f"figures/{p.name}" for p in (smoke_run / "figures").iterdir() if p.is_file()}
+    assert files == set(study.study_figures(config)) | {"figures/README.md"}
+    assert other_study.exists()
+    assert "table11_earlier_config.md" in (smoke_run / "figures/README.md").read_text()  # said, not silent
     out = snakemake(smoke_run, "-n", "figures", "--configfile", str(REPO / "config/smoke.yaml"))
     assert "Nothing to be done" in out.stdout + out.stderr
 
@@ -80,7 +133,7 @@ def test_bridge_hyperparameter_reruns_training_not_extraction(smoke_run, tmp_pat
     override = tmp_path / "wider.yaml"
     override.write_text(yaml.safe_dump({"bridges": {"perceiver": {"dim": 16}}}))
     jobs = planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml"), str(override))
-    assert {"train_bridge", "collect_results", "report", "plot"} <= jobs
+    assert {"train_bridge", "collect_results", "report", "figures_readme"} <= jobs
     assert not jobs & {"extract", "materialize_model", "materialize_task", "eval_zero_shot", "train_prompt_tuning"}
 
 

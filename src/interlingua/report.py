@@ -571,10 +571,11 @@ OTHER_OUTPUTS = {"soft_token_neighbours": "Nearest receiver-vocabulary tokens (c
 def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit: str, prune: bool = False) -> list[Path]:
     """figures/README.md: every table and figure, and what produced it. With `prune`, the other files
     beside it (an earlier config's outputs) are removed first, so the folder holds only what this config
-    produced; subfolders (other studies' figures) are left alone. Returns the removed files."""
+    produced; subfolders (other studies' figures) and hidden files are left alone. Returns the removed files."""
     out_path = Path(out_path)
     keep = {Path(path).name for path in outputs} | {out_path.name}
-    removed = sorted(p for p in out_path.parent.iterdir() if p.is_file() and p.name not in keep) \
+    removed = sorted(p for p in out_path.parent.iterdir()
+                     if p.is_file() and p.name not in keep and not p.name.startswith(".")) \
         if prune and out_path.parent.is_dir() else []
     for path in removed:
         path.unlink()
