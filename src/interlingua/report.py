@@ -80,8 +80,8 @@ def method_label(row) -> str:
 
 
 def method_rank(row) -> int:
-    order = ["random", "majority", "zero_shot", "few_shot", "prompt_tuning", "text_relay", "cot_relay", "lora", "finetune",
-             "bridge", "bridge:shuffled_source", "bridge:zero_source"]
+    order = ["random", "majority", "zero_shot", "few_shot", "prompt_tuning", "text_relay", "cot_relay", "lora",
+             "finetune", "bridge", "bridge:shuffled_source", "bridge:zero_source"]
     key = "finetune" if row.method.startswith("finetune_last") else row.method
     key = key + (f":{row.variant}" if key == "bridge" and row.variant else "")
     return order.index(key) if key in order else len(order)
@@ -501,7 +501,8 @@ def table4_finetuning(results_path, out_prefix, study: dict) -> None:
         wide.insert(1 if "accuracy" in wide else 0, "n", ns)
     wide = wide.reset_index(level="rank", drop=True)
     if "trainable parameters" in wide:
-        wide["trainable parameters"] = wide["trainable parameters"].map(lambda v: "–" if pd.isna(v) else f"{int(v):,}")
+        wide["trainable parameters"] = wide["trainable parameters"].map(
+            lambda v: "–" if pd.isna(v) else f"{int(v):,}")
     _write_table(wide.fillna("–"), out_prefix, _caption(
         f"Table 4: bridge vs fine-tuning the receiver reading the text, seeds {study['sweep_seeds']} (relays: "
         "mean over the k-shot seeds); n = evaluation rows scored; relays generate text with the sender first "
@@ -568,7 +569,8 @@ OTHER_OUTPUTS = {"soft_token_neighbours": "Nearest receiver-vocabulary tokens (c
                                           "the soft tokens' pairwise cosine, for a few examples per class."}
 
 
-def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit: str, prune: bool = False) -> list[Path]:
+def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit: str,
+                   prune: bool = False) -> list[Path]:
     """figures/README.md: every table and figure, and what produced it. With `prune`, the other files
     beside it (an earlier config's outputs) are removed first, so the folder holds only what this config
     produced; subfolders (other studies' figures) and hidden files are left alone. Returns the removed files."""

@@ -1,4 +1,5 @@
-# Baselines beside the bridges: chance, majority class, k-shot, text/CoT relay, receiver fine-tuning (LoRA, last N blocks).
+# Baselines beside the bridges: chance, majority class, k-shot, text/CoT relay,
+# receiver fine-tuning (LoRA, last N blocks).
 
 
 rule eval_random:
