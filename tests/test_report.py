@@ -121,7 +121,7 @@ def test_figure_titles_do_not_print_one_rows_n(results, tmp_path, monkeypatch):
     titles = []
     monkeypatch.setattr("matplotlib.axes.Axes.set_title", lambda self, text, *a, **k: titles.append(text))
     report.fig_bridge_vs_baselines(results, tmp_path / "fig", STUDY)
-    assert titles == ["sst2 (n differs between methods: see the bars)"]
+    assert titles == ["sst2 (n differs by method)"]
 
 
 def test_metrics_include_the_majority_baseline(results, tmp_path):

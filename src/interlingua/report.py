@@ -615,8 +615,8 @@ def fig_bridge_vs_baselines(results_path, out_prefix, study: dict) -> None:
             ax.invert_yaxis()
             ax.set_xlabel("accuracy")
             counts = set(part["n"])
-            ax.set_title(task + (f" ({_n_text(next(iter(counts)))} for every method)" if len(counts) == 1
-                                 else " (n differs between methods: see the bars)"))
+            ax.set_title(task + (f" ({_n_text(next(iter(counts)))}, every method)" if len(counts) == 1
+                                 else " (n differs by method)"))
             for y, (value, std, ns) in enumerate(zip(part["mean"], part["std"], part["n"])):
                 ax.text(value + std + 0.01, y, f"{value:.3f} ({_n_text(ns)})", va="center")
         _save_figure(fig, out_prefix, _caption(unequal_n_note(summary), dropped))
