@@ -1,5 +1,6 @@
 # interlingua: cross-model latent communication, end to end.
-#   snakemake --cores all figures                          default study (params.yaml)
+#   snakemake --cores all figures                          default study (params.yaml): every study's figures
+#   snakemake --cores all figures_latentwire               the LatentWire study alone
 #   snakemake --cores all figures --configfile config/smoke.yaml   tiny models, minutes
 from pathlib import Path
 

@@ -167,3 +167,19 @@ def test_figures_readme_prunes_an_earlier_configs_files_not_subfolders(tmp_path)
     assert sorted(p.name for p in figures.iterdir()) == ["README.md", "kv_alignment", "table2_main.md"]
     readme = (figures / "README.md").read_text()
     assert "`table2_main.md`" in readme and "Removed when this config ran" in readme
+
+
+def test_report_command_writes_several_outputs_with_the_planned_few_shot_seeds(results, tmp_path):
+    """One `interlingua report` call (the one report job) writes each named table/figure; the k-shot rows'
+    seeds come from the spec's few_shot_seeds, not study.seeds."""
+    from interlingua.cli import main
+
+    study = {key: value for key, value in STUDY.items() if key != "few_shot_seeds"}
+    spec = json.dumps({"study": study, "few_shot_seeds": [7, 8]})
+    assert main(["report", "table2_main", "fig2_bridge_vs_prompt_tuning", "--results", str(results), "--spec", spec,
+                 "--out-dir", str(tmp_path / "figures")]) == 0
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {"table2_main.md", "table2_main.tex",
+                                                                   "fig2_bridge_vs_prompt_tuning.png"}
+    text = (tmp_path / "figures/table2_main.md").read_text()
+    assert line_of(text, "b 5-shot (reads the text)")[2] == "0.700 ± 0.141 (n=100)"
+    assert "label{tab:main}" in (tmp_path / "figures/table2_main.tex").read_text()
