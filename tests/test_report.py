@@ -82,6 +82,8 @@ def test_main_table_cells_are_mean_std_and_n_of_the_planned_seeds(results, tmp_p
     assert "2 accuracy rows of results.csv not shown" in text
     assert "sst2 / bridge a -> b (perceiver) seed 3" in text and "sst2 / random (uniform labels) seed 2" in text
     assert "largest" not in text and "examples)" not in text
+    tex = (tmp_path / "table2_main.tex").read_text()                               # LaTeX-safe caption and cells
+    assert r"few\_shot.seeds" in tex and r"bridge a -> b (perceiver) & 2 & 0.850" in tex and "few_shot" not in tex
 
 
 def test_equal_n_and_nothing_dropped_means_no_note(results, tmp_path):

@@ -210,7 +210,15 @@ def _write_table(frame: pd.DataFrame, out_prefix, caption: str, label: str) -> N
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     out_prefix.with_suffix(".md").write_text(f"{caption}\n\n{frame.to_markdown()}\n")
-    out_prefix.with_suffix(".tex").write_text(frame.to_latex(caption=caption, label=f"tab:{label}"))
+    out_prefix.with_suffix(".tex").write_text(frame.to_latex(caption=_latex_escape(caption), label=f"tab:{label}",
+                                                             escape=True))
+
+
+def _latex_escape(text: str) -> str:
+    """The caption as LaTeX text (pandas escapes the cells, not the caption): `few_shot.seeds`, `5%`, ..."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(special.get(char, char) for char in text)
 
 
 def _save_figure(fig, out_prefix, note: str = "") -> None:
