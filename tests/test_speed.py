@@ -168,7 +168,7 @@ def test_relay_path_reads_the_demonstrations_as_the_evaluation_does(setup, toy_m
     serving, _ = load_serving(setup["sender"], setup["receiver"], setup["checkpoint"], task=setup["task"],
                               max_new_tokens=6, device=CPU, dtype=torch.float32, relay_demonstrations=demonstrations)
     summaries = ["a warm and funny film", "dull", "the plot drags on and on"]
-    monkeypatch.setattr(speed, "generate_batch", lambda model, tokenizer, prompts, max_new_tokens: [
+    monkeypatch.setattr(speed, "generate_batch", lambda model, tokenizer, prompts, max_new_tokens, *rest: [
         {"relay": summaries[i], "generated_tokens": 3} for i in range(len(prompts))])
     predictions, _ = serving.relay_path(["x", "y", "z"], Laps(CPU))
     demo_ids = serving.receiver.tokenizer(demonstrations[0]["text"], add_special_tokens=False)["input_ids"]

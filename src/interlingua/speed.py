@@ -113,7 +113,8 @@ class Serving:
     @torch.inference_mode()
     def relay_path(self, texts: list[str], laps: Laps):
         prompts = [chat_ids(self.sender_tokenizer, sender_message(self.task, t, "summary")) for t in texts]
-        relays = generate_batch(self.sender, self.sender_tokenizer, prompts, self.max_new_tokens)
+        relays = generate_batch(self.sender, self.sender_tokenizer, prompts, self.max_new_tokens, "summary",
+                                self.task["verbalizers"])  # ends at its first complete message, as in evaluation
         laps.lap("relay_generate")
         if self.relay_demonstrations:  # as relay.evaluate_relay reads it: demonstrations from their KV cache
             prefix, queries = receiver_prompts(self.task, [r["relay"] for r in relays], self.relay_demonstrations)
