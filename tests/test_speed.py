@@ -225,3 +225,27 @@ def test_relay_path_reads_the_demonstrations_as_the_evaluation_does(setup, toy_m
     assert any(len(key) > len(demo_ids) for key in serving.receiver._prefixes)   # the demonstrations are cached
     expected = receiver_predictions(serving.receiver, setup["task"], summaries, demonstrations, 16, desc="eval")
     assert torch.equal(predictions, expected)
+
+
+def test_table3_shows_the_relays_mean_length_over_the_eval_rows(tmp_path):
+    from interlingua.report import table3_latency
+
+    base = {"task": "sst2", "sender": "s", "receiver": "r", "fingerprint": "f"}
+    rows = [dict(base, method="bridge", bridge="p", seed=0, variant="batch1", n=4, metric="latency_seconds", value=0.1),
+            dict(base, method="text_relay", bridge="", seed="", variant="batch1", n=4, metric="latency_seconds",
+                 value=2.0),
+            dict(base, method="text_relay", bridge="", seed="", variant="batch1", n=4, metric="generated_tokens",
+                 value=30.0)]
+    # the relay evaluation: one row set per seed (the same length repeated), and another sender's relay
+    rows += [dict(base, method="text_relay", bridge="", seed=seed, variant="", n=100, metric="relay_generated_tokens",
+                  value=27.5) for seed in (0, 1)]
+    rows.append(dict(base, sender="other", method="text_relay", bridge="", seed=0, variant="", n=100,
+                     metric="relay_generated_tokens", value=99.0))
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / "results.csv", index=False)
+    table3_latency(tmp_path / "results.csv", tmp_path / "table3", {})
+    table = (tmp_path / "table3.md").read_text()
+    header = [c.strip() for c in table.splitlines()[2].split("|")]
+    relay_row = next(line for line in table.splitlines() if line.startswith("| sst2 / text_relay"))
+    cells = dict(zip(header, [c.strip() for c in relay_row.split("|")]))
+    assert cells["relay_generated_tokens"] == "27.5" and cells["generated_tokens"] == "30.0"
+    assert "99" not in table
