@@ -391,7 +391,8 @@ def test_rows_that_end_leave_the_batch_and_the_others_go_on(tiny_models, monkeyp
     assert [r["generated_tokens"] for r in results] == [3, 10, 6]
     for result, ids, n in zip(results, expected, ends):
         assert result["relay"] == tokenizer.decode(ids[:n], skip_special_tokens=True).strip()  # same tokens as HF
-    assert widths == [3] * 3 + [2] * 3 + [1] * 4  # a row that ended costs nothing afterwards
+    # the prompts' shared head ("<bos>User: ") read once, then 3 rows; a row that ended costs nothing afterwards
+    assert widths == [1] + [3] * 3 + [2] * 3 + [1] * 4
     assert [r["finished"] for r in results] == [True, True, True]  # complete at the cap counts as ended
 
 

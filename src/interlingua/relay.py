@@ -125,19 +125,30 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
 
     The same tokens as `model.generate(do_sample=False)` up to each row's end, but a row that ends leaves
     the batch (its KV cache rows are dropped), so finished rows cost nothing while the others go on; the
-    prompt's logits are computed at its last position only. `generated_tokens` counts the tokens the sender
-    generated for the row (the end-of-turn token excluded)."""
-    longest = max(len(p) for p in prompts)
+    prompt's logits are computed at its last position only, and the tokens every prompt of the batch starts
+    with (the chat template's head, e.g. its system prompt) are read once and their KV cache shared.
+    `generated_tokens` counts the tokens the sender generated for the row (the end-of-turn token excluded)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model.device
-    ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=device)           # (B, T)
-    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, T)
-    stops = stop_ids(model, tokenizer)
     cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)                                                   # (B, T)
+    # Left padding after a shared prefix would shift a sliding window: share only with global attention.
+    shared = 0 if len(prompts) < 2 or getattr(model.config, "sliding_window", None) else \
+        min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
+    with torch.inference_mode():
+        if shared:
+            model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True, logits_to_keep=1,
+                  **{cache_name: cache})
+            cache.batch_repeat_interleave(len(prompts))
+    rest = [p[shared:] for p in prompts]
+    longest = max(len(p) for p in rest)
+    ids = torch.tensor([[pad] * (longest - len(p)) + p for p in rest], device=device)              # (B, T)
+    tail = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in rest], device=device)     # (B, T)
+    positions = shared + (tail.cumsum(-1) - 1).clamp(min=0)                                         # (B, T)
+    mask = torch.cat([tail.new_ones(len(prompts), shared), tail], dim=1)                            # (B, P + T)
+    stops = stop_ids(model, tokenizer)
     rows = list(range(len(prompts)))           # prompt index of each live batch row
     tokens: list[list[int]] = [[] for _ in prompts]
     results: list[dict | None] = [None] * len(prompts)
@@ -175,6 +186,13 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)                             # (B', T + s)
             positions = positions[:, -1:] + 1
     return results
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    n = 0
+    while all(len(row) > n and row[n] == rows[0][n] for row in rows):
+        n += 1
+    return n
 
 
 def _relay(tokenizer, tokens: list[int], count: int, finished: bool) -> dict:
