@@ -49,8 +49,8 @@ def test_smoke_dag_writes_every_table_and_figure(smoke_run):
                                     "bridge", "lora", "finetune_last1"}
     assert set(accuracy.variant) == {"", "2_shot", "shuffled_source", "zero_source"}
     assert accuracy.value.between(0, 1).all()
-    sst2 = accuracy[(accuracy.task == "sst2") & ~accuracy.method.str.endswith("relay")]
-    assert (sst2.n == 32).all() and (accuracy[accuracy.method == "text_relay"].n == 8).all()
+    sst2 = accuracy[accuracy.task == "sst2"]
+    assert (sst2.n == 32).all()  # relays too: every method on the same eval rows
     assert accuracy.fingerprint.str.len().min() > 8
     table = (smoke_run / "figures/table_main.md").read_text()
     assert "bridge tiny_llama -> tiny_gemma3 (perceiver)" in table and "shuffled-source control" in table
