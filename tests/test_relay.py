@@ -98,7 +98,23 @@ def test_evaluate_few_shot_rows_and_seeds(tiny_models, sst2_like_task, splits, t
     assert list(frame.columns) == COLUMNS
     assert set(frame.method) == {"few_shot"} and set(frame.variant) == {"3_shot"}
     assert sorted(set(frame.seed)) == [0, 1] and set(frame.metric) == {"accuracy", "seconds_per_example"}
-    assert (frame.n == 8).all() and (frame.value >= 0).all()
+    assert (frame.n == 8).all() and (frame[frame.metric == "seconds_per_example"].value > 0).all()
+    # accuracy is that of the plain computation: each uncached prompt (demonstrations + query) scored alone
+    receiver = Receiver(zoo.load_model(tiny_models["receiver"], CPU, torch.float32),
+                        zoo.load_tokenizer(tiny_models["receiver"]), sst2_like_task["verbalizers"])
+    tokenize = lambda text: receiver.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    examples, training = read_split(valid)[0], read_split(train)[0]
+    labels = torch.tensor([e["label"] for e in examples])
+    for seed in (0, 1):
+        prefix = receiver.prefix_ids + tokenize(demonstration_block(sst2_like_task,
+                                                                    pick_demonstrations(training, 3, seed)))
+        with torch.no_grad():
+            predicted = torch.cat([receiver.class_scores(Prompt(receiver.ids_embeds(prefix + tokenize(q)).unsqueeze(0),
+                                                                torch.ones(1, len(prefix) + len(tokenize(q)),
+                                                                           dtype=torch.long))).argmax(-1)
+                                   for q in query_texts(sst2_like_task, examples, True)])
+        accuracy = frame[(frame.seed == seed) & (frame.metric == "accuracy")].value.item()
+        assert accuracy == pytest.approx((predicted == labels).float().mean().item())
 
 
 # --- relays ---------------------------------------------------------------------------------------
@@ -170,7 +186,7 @@ def test_partial_file_of_another_request_is_discarded(tiny_models, sst2_like_tas
     assert "stale" not in out.read_text()
 
 
-RELAY_METRICS = ["accuracy", "seconds_per_example", "generated_tokens", "relay_at_token_limit",
+RELAY_METRICS = ["accuracy", "seconds_per_example", "relay_generated_tokens", "relay_at_token_limit",
                  "relay_seconds_per_example"]
 
 
@@ -193,7 +209,7 @@ def test_evaluate_relay_writes_tidy_rows_per_seed(tiny_models, sst2_like_task, s
     assert set(frame.variant) == {""}  # report tables select relays by method, variant ""
     assert list(frame.seed) == [0] * 5 + [1] * 5 and list(frame.metric) == RELAY_METRICS * 2
     assert (frame.n == 8).all()
-    assert frame[frame.metric == "generated_tokens"].value.tolist() == pytest.approx(
+    assert frame[frame.metric == "relay_generated_tokens"].value.tolist() == pytest.approx(
         [sum(r["generated_tokens"] for r in without_seconds(relays)) / 8] * 2)
 
 
@@ -279,6 +295,11 @@ def test_config_sections_and_relay_prompt_are_validated():
 
     params = load_config(REPO / "params.yaml")
     assert params["few_shot"]["shots"] >= 1 and params["relay"]["max_new_tokens"] >= 1  # schema defaults
+    # the relay is scored on every eval row, as every other method: no option to score it on fewer
+    config = copy.deepcopy(params)
+    config["relay"]["eval_rows"] = 30
+    with pytest.raises(ConfigError, match="eval_rows"):
+        validate_config(config)
     config = copy.deepcopy(params)
     config["tasks"]["sst2"]["prompts"]["relay"] = "Summary of a review: {relay}\nSentiment (positive or negative):"
     validate_config(config)
@@ -305,3 +326,93 @@ def test_cli_subcommands(tiny_models, sst2_like_task, splits, tmp_path):
     few_shot, cot = pd.read_csv(tmp_path / "fs.csv"), pd.read_csv(tmp_path / "cot.csv", keep_default_na=False)
     assert set(few_shot.variant) == {"2_shot"} and set(few_shot.seed) == {3}
     assert set(cot.method) == {"cot_relay"} and set(cot.seed) == {0, 4} and set(cot.variant) == {""}
+
+
+# --- where a relay ends, and what it costs ---------------------------------------------------------
+
+LABELS = [" negative", " positive"]
+
+
+def test_a_summary_ends_at_its_first_paragraph():
+    text = "\n\nThe review praises the acting.\nIt is warm.\n\nNote: I could also rewrite it."
+    end = relay.complete_end(text, "summary", LABELS)
+    assert text[:end].strip() == "The review praises the acting.\nIt is warm."
+    assert relay.complete_end("The review praises the acting.\nIt is warm.", "summary", LABELS) is None  # not yet
+    assert relay.complete_end("One line.\n  \nTwo.", "summary") == len("One line.")  # a blank line may hold spaces
+
+
+def test_a_reasoning_ends_at_the_first_paragraph_that_names_a_label():
+    text = ('The text says: "a bleak film."\n\nThe text is Negative. It implies a harsh tone.\n\n'
+            "The text is not positive, but ...\n\nThe text is not positive, but ...")
+    end = relay.complete_end(text, "cot", LABELS)
+    assert text[:end] == 'The text says: "a bleak film."\n\nThe text is Negative. It implies a harsh tone.'
+    assert relay.complete_end("It is positively odd.\n\nMore.", "cot", LABELS) is None  # whole words only
+    assert relay.complete_end("No label here.\n\nNone here.", "cot", LABELS) is None
+    with pytest.raises(ValueError):
+        relay.complete_end("x", "poem")
+
+
+def hf_greedy(model, tokenizer, prompts, max_new_tokens):
+    """The plain computation: transformers' own greedy generation, one prompt at a time."""
+    out = []
+    for prompt in prompts:
+        with torch.no_grad():
+            ids = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=sorted(relay.stop_ids(model, tokenizer)))
+        out.append(ids[0, len(prompt):].tolist())
+    return out
+
+
+def test_batched_generation_equals_transformers_greedy_one_by_one(tiny_models):
+    model, tokenizer = zoo.load_model(tiny_models["sender"], CPU, torch.float32), zoo.load_tokenizer(tiny_models["sender"])
+    prompts = [relay.chat_ids(tokenizer, m) for m in ["zzz", "hi", "12345"]]  # distinct greedy continuations
+    expected = hf_greedy(model, tokenizer, prompts, 12)
+    results = relay.generate_batch(model, tokenizer, prompts, 12)
+    stops = relay.stop_ids(model, tokenizer)
+    for result, ids in zip(results, expected):
+        kept = ids[:next((i for i, t in enumerate(ids) if t in stops), len(ids))]
+        assert result["generated_tokens"] == len(kept)
+        assert result["relay"] == tokenizer.decode(kept, skip_special_tokens=True).strip()
+        assert result["finished"] == (len(kept) < 12)
+
+
+def test_rows_that_end_leave_the_batch_and_the_others_go_on(tiny_models, monkeypatch):
+    model, tokenizer = zoo.load_model(tiny_models["sender"], CPU, torch.float32), zoo.load_tokenizer(tiny_models["sender"])
+    prompts = [relay.chat_ids(tokenizer, m) for m in ["zzz", "hi", "12345"]]  # distinct greedy continuations
+    expected = hf_greedy(model, tokenizer, prompts, 10)
+    ends = [3, 10, 6]  # a constructed stop: row r is complete after ends[r] tokens
+    complete = {tokenizer.decode(ids[:n], skip_special_tokens=True): n for ids, n in zip(expected, ends)}
+    monkeypatch.setattr(relay, "complete_end", lambda text, mode, labels=(): len(text) if text in complete else None)
+    widths = []
+    model.register_forward_hook(lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[0]),
+                                with_kwargs=True)
+    results = relay.generate_batch(model, tokenizer, prompts, 10, "summary", LABELS)
+    assert [r["generated_tokens"] for r in results] == [3, 10, 6]
+    for result, ids, n in zip(results, expected, ends):
+        assert result["relay"] == tokenizer.decode(ids[:n], skip_special_tokens=True).strip()  # same tokens as HF
+    # the prompts' shared head ("<bos>User: ") read once, then 3 rows; a row that ended costs nothing afterwards
+    assert widths == [1] + [3] * 3 + [2] * 3 + [1] * 4
+    assert [r["finished"] for r in results] == [True, True, True]  # complete at the cap counts as ended
+
+
+def test_stored_relays_record_what_the_sender_generated(tiny_models, sst2_like_task, splits, tmp_path):
+    _, valid = splits
+    out = relay.generate_relay(tiny_models["sender"], valid, tmp_path / "r.jsonl", task=sst2_like_task,
+                               mode="summary", max_new_tokens=9, batch_size=3, device=CPU, dtype=torch.float32)
+    rows = [json.loads(line) for line in open(out)]
+    assert len(rows) == len(read_split(valid)[0])  # every eval row
+    model, tokenizer = zoo.load_model(tiny_models["sender"], CPU, torch.float32), zoo.load_tokenizer(tiny_models["sender"])
+    texts = [e["text"] for e in read_split(valid)[0]]
+    prompts = [relay.chat_ids(tokenizer, relay.sender_message(sst2_like_task, t, "summary")) for t in texts]
+    for row, prompt, ids in zip(rows, prompts, hf_greedy(model, tokenizer, prompts, 9)):
+        assert row["input_tokens"] == len(prompt)
+        generated = ids[:row["generated_tokens"]]
+        # the stored relay is the decoded generated tokens, cut at the end of its first complete message
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        end = relay.complete_end(text, "summary")
+        assert row["relay"] == (text if end is None else text[:end]).strip()
+        assert row["finished"] == (end is not None or row["generated_tokens"] < 9)
+    meta = json.loads(relay.relay_meta_path(out).read_text())
+    assert meta["mean_generated_tokens"] == pytest.approx(sum(r["generated_tokens"] for r in rows) / len(rows))
+    assert meta["request"]["stop"] == "first paragraph"

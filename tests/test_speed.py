@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from interlingua import cli, zoo
+from interlingua import cli, speed, zoo
 from interlingua.evaluate import COLUMNS
 from interlingua.extract import extract
 from interlingua.receiver import Receiver
@@ -43,7 +43,19 @@ def common(setup):
                 max_new_tokens=6, device=CPU, dtype=torch.float32)
 
 
-def test_latency_rows_have_every_stage_and_stages_add_up(setup, tmp_path):
+def relay_lengths(setup, texts, max_new_tokens=6):
+    """What the relay generates for each text at batch 1 (greedy: deterministic)."""
+    from interlingua import relay
+
+    tokenizer = zoo.load_tokenizer(setup["sender"])
+    model = zoo.load_model(setup["sender"], CPU, torch.float32)
+    return [relay.generate_batch(model, tokenizer, [relay.chat_ids(tokenizer, relay.sender_message(setup["task"], t,
+                                                                                                  "summary"))],
+                                 max_new_tokens, "summary", setup["task"]["verbalizers"])[0]["generated_tokens"]
+            for t in texts]
+
+
+def test_latency_rows_have_every_stage_and_stages_add_up(setup, tmp_path, monkeypatch):
     out = measure_latency(setup["split"], setup["sender"], setup["receiver"], setup["checkpoint"],
                           tmp_path / "latency.csv", examples=4, warmup=1, **common(setup))
     rows = pd.read_csv(out, keep_default_na=False)
@@ -52,13 +64,39 @@ def test_latency_rows_have_every_stage_and_stages_add_up(setup, tmp_path):
     for method, metrics in LATENCY.items():
         part = rows[rows.method == method].set_index("metric")["value"]
         assert sorted(part.index) == sorted(metrics)
-        assert (part > 0).all()
         stages = part.drop(["latency_seconds", "generated_tokens"], errors="ignore")
         # Stages are laps of the same call: their medians add up to (about) the median total.
         assert stages.sum() <= part["latency_seconds"] * 1.25 + 1e-3
     relay = rows[rows.method == "text_relay"]
     assert set(relay.bridge) == {""} and set(relay.seed) == {""}
-    assert 1 <= relay.set_index("metric").value["generated_tokens"] <= 6
+    texts = [row["text"] for row in read_split(setup["split"])[0][:4]]
+    lengths = relay_lengths(setup, texts)
+    assert relay.set_index("metric").value["generated_tokens"] == pytest.approx(sum(lengths) / 4)
+
+    # With a clock that ticks 1 s per reading, every lap is 1 s: each stage's median is 1 and the
+    # total is the number of stages, exactly (the rows are the laps, not something else).
+    ticks = iter(range(10 ** 6))
+    monkeypatch.setattr(speed, "clock", lambda: float(next(ticks)))
+    out = measure_latency(setup["split"], setup["sender"], setup["receiver"], setup["checkpoint"],
+                          tmp_path / "ticks.csv", examples=3, warmup=1, **common(setup))
+    ticked = pd.read_csv(out, keep_default_na=False)
+    for method, stages in speed.STAGES.items():
+        part = ticked[ticked.method == method].set_index("metric")["value"]
+        if method == "zero_shot":
+            assert part.empty
+            continue
+        assert [part[f"latency_{stage}_seconds"] for stage in stages] == [1.0] * len(stages)
+        assert part["latency_seconds"] == sum(part[f"latency_{stage}_seconds"] for stage in stages)
+
+
+def test_laps_of_one_call_add_up_to_its_total(monkeypatch):
+    readings = iter([10.0, 10.5, 12.0, 12.25])
+    monkeypatch.setattr(speed, "clock", lambda: next(readings))
+    laps = Laps(CPU)
+    laps.lap("a")
+    laps.lap("b")
+    laps.lap("c")
+    assert laps.seconds == {"a": 0.5, "b": 1.5, "c": 0.25} and laps.total() == 2.25
 
 
 def test_throughput_rows_per_batch_size(setup, tmp_path):
@@ -154,7 +192,19 @@ def test_cli_measures(setup, tmp_path, name, speed):
                      "--spec", json.dumps(spec), "--out", str(tmp_path / "speed.csv")])
     assert code == 0
     rows = pd.read_csv(tmp_path / "speed.csv", keep_default_na=False)
-    assert set(rows.n) == {2} and (rows.value > 0).all()
+    assert set(rows.n) == {2}
+    relay = rows[(rows.method == "text_relay") & (rows.metric == "generated_tokens")]
+    texts = [row["text"] for row in read_split(setup["split"])[0][:2]]
+    # the relay the measurement timed is the one relay.py generates (cap relay.max_new_tokens = 3)
+    assert relay.value.tolist() == pytest.approx([sum(relay_lengths(setup, texts, 3)) / 2])
+    if name == "measure-latency":
+        for method, metrics in LATENCY.items():
+            part = rows[rows.method == method].set_index("metric")["value"]
+            assert sorted(part.index) == sorted(metrics)
+            assert all(part[m] <= part["latency_seconds"] * 1.25 for m in metrics if m.endswith("_seconds"))
+    else:
+        speed_rows = rows[rows.metric == "samples_per_second"]
+        assert sorted(speed_rows.method) == ["bridge", "text_relay", "zero_shot"] and set(speed_rows.variant) == {"batch2"}
 
 
 def test_relay_path_reads_the_demonstrations_as_the_evaluation_does(setup, toy_mirror, tmp_path, monkeypatch):
@@ -168,10 +218,34 @@ def test_relay_path_reads_the_demonstrations_as_the_evaluation_does(setup, toy_m
     serving, _ = load_serving(setup["sender"], setup["receiver"], setup["checkpoint"], task=setup["task"],
                               max_new_tokens=6, device=CPU, dtype=torch.float32, relay_demonstrations=demonstrations)
     summaries = ["a warm and funny film", "dull", "the plot drags on and on"]
-    monkeypatch.setattr(speed, "generate_batch", lambda model, tokenizer, prompts, max_new_tokens: [
+    monkeypatch.setattr(speed, "generate_batch", lambda model, tokenizer, prompts, max_new_tokens, *rest: [
         {"relay": summaries[i], "generated_tokens": 3} for i in range(len(prompts))])
     predictions, _ = serving.relay_path(["x", "y", "z"], Laps(CPU))
     demo_ids = serving.receiver.tokenizer(demonstrations[0]["text"], add_special_tokens=False)["input_ids"]
     assert any(len(key) > len(demo_ids) for key in serving.receiver._prefixes)   # the demonstrations are cached
     expected = receiver_predictions(serving.receiver, setup["task"], summaries, demonstrations, 16, desc="eval")
     assert torch.equal(predictions, expected)
+
+
+def test_table3_shows_the_relays_mean_length_over_the_eval_rows(tmp_path):
+    from interlingua.report import table3_latency
+
+    base = {"task": "sst2", "sender": "s", "receiver": "r", "fingerprint": "f"}
+    rows = [dict(base, method="bridge", bridge="p", seed=0, variant="batch1", n=4, metric="latency_seconds", value=0.1),
+            dict(base, method="text_relay", bridge="", seed="", variant="batch1", n=4, metric="latency_seconds",
+                 value=2.0),
+            dict(base, method="text_relay", bridge="", seed="", variant="batch1", n=4, metric="generated_tokens",
+                 value=30.0)]
+    # the relay evaluation: one row set per seed (the same length repeated), and another sender's relay
+    rows += [dict(base, method="text_relay", bridge="", seed=seed, variant="", n=100, metric="relay_generated_tokens",
+                  value=27.5) for seed in (0, 1)]
+    rows.append(dict(base, sender="other", method="text_relay", bridge="", seed=0, variant="", n=100,
+                     metric="relay_generated_tokens", value=99.0))
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / "results.csv", index=False)
+    table3_latency(tmp_path / "results.csv", tmp_path / "table3", {})
+    table = (tmp_path / "table3.md").read_text()
+    header = [c.strip() for c in table.splitlines()[2].split("|")]
+    relay_row = next(line for line in table.splitlines() if line.startswith("| sst2 / text_relay"))
+    cells = dict(zip(header, [c.strip() for c in relay_row.split("|")]))
+    assert cells["relay_generated_tokens"] == "27.5" and cells["generated_tokens"] == "30.0"
+    assert "99" not in table

@@ -163,7 +163,7 @@ def cmd_generate_relay(args):
     spec, device, dtype = _runtime(args)
     generate_relay(args.sender_dir, args.split, args.out, task=spec["task"], mode=args.mode,
                    max_new_tokens=spec["relay"]["max_new_tokens"], batch_size=spec["batch_size"],
-                   device=device, dtype=dtype, eval_rows=spec["relay"].get("eval_rows"))
+                   device=device, dtype=dtype)
 
 
 def cmd_eval_relay(args):
@@ -172,8 +172,7 @@ def cmd_eval_relay(args):
     evaluate_relay(args.relay, args.split, args.receiver_dir, args.out, task_name=args.task, task=spec["task"],
                    mode=args.mode, sender_alias=args.sender, receiver_alias=args.receiver,
                    batch_size=spec["batch_size"], device=device, dtype=dtype, shots=spec["relay"]["shots"],
-                   seeds=spec.get("seeds", []), train_split=args.train_split,
-                   eval_rows=spec["relay"].get("eval_rows"))
+                   seeds=spec.get("seeds", []), train_split=args.train_split)
 
 
 def _speed_kwargs(args, spec, device, dtype) -> dict:

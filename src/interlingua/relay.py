@@ -5,8 +5,12 @@
   cot      the sender reasons step by step about which label applies; the receiver reads the reasoning.
 
 Generation goes through the sender's chat template with greedy decoding (deterministic, so it
-has no seed), batched with left padding, and the input is never truncated. The sender writes until
-its end-of-turn token or `max_new_tokens`; each row records whether it stopped by itself.
+has no seed), batched with left padding, and the input is never truncated. Every eval row gets a relay,
+so the relay is scored on the same rows as every other method. A relay ends at its first complete
+message (`complete_end`): a summary at the end of its first paragraph, a reasoning at the end of the
+first paragraph that names a label; or at the sender's end-of-turn token; `max_new_tokens` caps the
+rest, and each row records whether it ended by itself (`finished`) and how many tokens it generated.
+A row that ends leaves its batch, so it costs nothing while the others go on (`generate_batch`).
 
 Relays stream to `<out>.partial` (a header line with the request, then one JSON row per example)
 and a rerun resumes from it: batches are fixed by the sorted input lengths, so a resumed run
@@ -30,7 +34,9 @@ set with an empty seed.
 """
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +49,7 @@ from .errors import ConfigError
 from .evaluate import _receiver, predict_texts, rows_for, write_rows
 from .few_shot import SEPARATOR, demonstration_block, few_shot_scores, pick_demonstrations
 from .fingerprint import fingerprint
-from .tasks import read_jsonl, read_split, subsample
+from .tasks import read_jsonl, read_split
 
 MODES = ("summary", "cot")
 METHODS = {"summary": "text_relay", "cot": "cot_relay"}
@@ -87,24 +93,111 @@ def stop_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[dict]:
-    """Greedy continuations of left-padded prompts: {relay, generated_tokens, finished} per prompt."""
-    longest = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
+STOP_RULE = {"summary": "first paragraph", "cot": "first paragraph naming a label"}
+# What a complete relay is (the relay ends at the first of: the sender's end-of-turn token, this, max_new_tokens):
+#   summary  the first paragraph: a summary is one message, and what SmolLM2 writes after a blank line is
+#            extra (notes, rephrasings); most summaries end by themselves within it anyway.
+#   cot      the first paragraph that names a label (a verbalizer word): the reasoning up to and including
+#            the paragraph where it commits to an answer. Without this, greedy reasoning often loops
+#            ("The text is not negative, but ...") until the cap.
+# A paragraph ends at a blank line; blank lines before any text are not a paragraph.
+BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
+def complete_end(text: str, mode: str, labels: Sequence[str] = ()) -> int | None:
+    """Character offset where the first complete relay of `text` ends (None: not complete yet)."""
+    if mode not in MODES:
+        raise ValueError(f"relay mode must be one of {MODES}, got {mode!r}")
+    words = [re.compile(r"\b" + re.escape(w.strip()) + r"\b", re.IGNORECASE) for w in labels if w.strip()]
+    start = 0
+    for blank in BLANK_LINE.finditer(text):
+        paragraph = text[start:blank.start()]
+        if paragraph.strip() and (mode == "summary" or any(w.search(paragraph) for w in words)):
+            return blank.start()
+        start = blank.end()
+    return None
+
+
+def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, mode: str | None = None,
+                   labels: Sequence[str] = ()) -> list[dict]:
+    """Greedy continuations of left-padded prompts, each up to its first complete relay (`complete_end` of
+    `mode`; None: up to the end-of-turn token only): {relay, generated_tokens, finished} per prompt.
+
+    The same tokens as `model.generate(do_sample=False)` up to each row's end, but a row that ends leaves
+    the batch (its KV cache rows are dropped), so finished rows cost nothing while the others go on; the
+    prompt's logits are computed at its last position only, and the tokens every prompt of the batch starts
+    with (the chat template's head, e.g. its system prompt) are read once and their KV cache shared.
+    `generated_tokens` counts the tokens the sender generated for the row (the end-of-turn token excluded)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model.device
-    ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompts], device=device)           # (B, T)
-    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, T)
-    stops = stop_ids(model, tokenizer)
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    # Left padding after a shared prefix would shift a sliding window: share only with global attention.
+    shared = 0 if len(prompts) < 2 or getattr(model.config, "sliding_window", None) else \
+        min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad, eos_token_id=sorted(stops))                        # (B, T + G)
-    results = []
-    for row in out[:, longest:].tolist():
-        end = next((i for i, token in enumerate(row) if token in stops), None)
-        text_ids = row if end is None else row[:end]  # tokens before the end-of-turn token
-        results.append({"relay": tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
-                        "generated_tokens": len(text_ids), "finished": end is not None})
+        if shared:
+            model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True, logits_to_keep=1,
+                  **{cache_name: cache})
+            cache.batch_repeat_interleave(len(prompts))
+    rest = [p[shared:] for p in prompts]
+    longest = max(len(p) for p in rest)
+    ids = torch.tensor([[pad] * (longest - len(p)) + p for p in rest], device=device)              # (B, T)
+    tail = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in rest], device=device)     # (B, T)
+    positions = shared + (tail.cumsum(-1) - 1).clamp(min=0)                                         # (B, T)
+    mask = torch.cat([tail.new_ones(len(prompts), shared), tail], dim=1)                            # (B, P + T)
+    stops = stop_ids(model, tokenizer)
+    rows = list(range(len(prompts)))           # prompt index of each live batch row
+    tokens: list[list[int]] = [[] for _ in prompts]
+    results: list[dict | None] = [None] * len(prompts)
+    with torch.inference_mode():
+        for step in range(max_new_tokens):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                           logits_to_keep=1, **{cache_name: cache}).logits[:, -1]                      # (B', V)
+            chosen = logits.argmax(-1)                                                               # (B',)
+            keep = []
+            for b, token in enumerate(chosen.tolist()):
+                row = rows[b]
+                if token in stops:
+                    results[row] = _relay(tokenizer, tokens[row], len(tokens[row]), True)
+                    continue
+                tokens[row].append(token)
+                if mode is not None:  # decoding the row so far costs microseconds beside a forward pass
+                    text = tokenizer.decode(tokens[row], skip_special_tokens=True)
+                    end = complete_end(text, mode, labels)
+                    if end is not None:
+                        results[row] = {"relay": text[:end].strip(), "generated_tokens": len(tokens[row]),
+                                        "finished": True}
+                        continue
+                if step == max_new_tokens - 1:
+                    results[row] = _relay(tokenizer, tokens[row], len(tokens[row]), False)
+                    continue
+                keep.append(b)
+            if not keep:
+                break
+            if len(keep) < len(rows):  # finished rows leave the batch
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                chosen, mask, positions = chosen[index], mask[index], positions[index]
+                rows = [rows[b] for b in keep]
+            ids = chosen[:, None]                                                                    # (B', 1)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)                             # (B', T + s)
+            positions = positions[:, -1:] + 1
     return results
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    n = 0
+    while all(len(row) > n and row[n] == rows[0][n] for row in rows):
+        n += 1
+    return n
+
+
+def _relay(tokenizer, tokens: list[int], count: int, finished: bool) -> dict:
+    return {"relay": tokenizer.decode(tokens, skip_special_tokens=True).strip(), "generated_tokens": count,
+            "finished": finished}
 
 
 def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -143,24 +236,18 @@ def read_partial(path: Path, request: dict) -> dict[int, dict]:
     return done
 
 
-def relay_examples(examples: list[dict], eval_rows: int | None) -> list[dict]:
-    """The rows a relay covers: all, or a seeded subset of `eval_rows` (generation is the slow part)."""
-    return [examples[i] for i in subsample(examples, eval_rows, seed=0)]
-
-
 def generate_relay(sender_dir, split_path, out_path, *, task: dict, mode: str, max_new_tokens: int,
-                   batch_size: int, device, dtype, eval_rows: int | None = None) -> Path:
-    """Write one relay per example of the split (or of a seeded subset of `eval_rows`) as JSON Lines
-    {index, relay, generated_tokens, input_tokens, seconds, finished}; `seconds` is the batch's
-    generation time / its size."""
+                   batch_size: int, device, dtype) -> Path:
+    """Write one relay per example of the split (every eval row: the relay is scored on the same rows as
+    every other method) as JSON Lines {index, relay, generated_tokens, input_tokens, seconds, finished};
+    `seconds` is the batch's generation time / its size (rows that end early leave the batch)."""
     examples, meta = read_split(split_path)
-    examples = relay_examples(examples, eval_rows)
     tokenizer = zoo.load_tokenizer(sender_dir)
     prompts = [chat_ids(tokenizer, sender_message(task, e["text"], mode)) for e in examples]
     request = {"sender": zoo.read_manifest(sender_dir)["fingerprint"], "split": meta["content_sha256"],
                "mode": mode, "message": sender_message(task, "{text}", mode), "max_new_tokens": max_new_tokens,
                "batch_size": batch_size, "dtype": str(dtype), "device": torch.device(device).type,
-               "eval_rows": eval_rows}
+               "stop": STOP_RULE[mode]}
     out_path, partial = Path(out_path), partial_path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = read_partial(partial, request)
@@ -177,7 +264,8 @@ def generate_relay(sender_dir, split_path, out_path, *, task: dict, mode: str, m
         with open(partial, "a", encoding="utf-8") as handle:
             for batch in tqdm(todo, desc=f"{mode} relay", unit="batch"):
                 started = time.perf_counter()
-                results = generate_batch(model, tokenizer, [prompts[i] for i in batch], max_new_tokens)
+                results = generate_batch(model, tokenizer, [prompts[i] for i in batch], max_new_tokens, mode,
+                                         task["verbalizers"])
                 seconds = (time.perf_counter() - started) / len(batch)
                 for i, result in zip(batch, results):
                     index = examples[i]["index"]
@@ -234,7 +322,7 @@ def receiver_predictions(receiver, task: dict, relays: list[str], demonstrations
 
 def evaluate_relay(relay_path, split_path, receiver_dir, out_path, *, task_name: str, task: dict, mode: str,
                    sender_alias: str, receiver_alias: str, batch_size: int, device, dtype, shots: int,
-                   seeds: Sequence[int] = (), train_split=None, eval_rows: int | None = None) -> Path:
+                   seeds: Sequence[int] = (), train_split=None) -> Path:
     """Receiver accuracy from the relays, plus the relay's cost: mean generated tokens, the fraction
     that hit max_new_tokens, and the sender's generation seconds per example.
 
@@ -244,7 +332,6 @@ def evaluate_relay(relay_path, split_path, receiver_dir, out_path, *, task_name:
     if shots and (not seeds or train_split is None):
         raise ConfigError(f"relay.shots = {shots}: the receiver's demonstrations need the train split and a seed")
     examples, meta = read_split(split_path)
-    examples = relay_examples(examples, eval_rows)
     relays = {row["index"]: row for row in read_jsonl(Path(relay_path))}
     missing = [e["index"] for e in examples if e["index"] not in relays]
     if missing:
@@ -261,7 +348,7 @@ def evaluate_relay(relay_path, split_path, receiver_dir, out_path, *, task_name:
         parts.append(train_meta["content_sha256"][:16])
     receiver = _receiver(receiver_dir, task, device, dtype)
     n = len(rows)
-    costs = [("generated_tokens", sum(r["generated_tokens"] for r in rows) / n),
+    costs = [("relay_generated_tokens", sum(r["generated_tokens"] for r in rows) / n),
              ("relay_at_token_limit", sum(not r.get("finished", True) for r in rows) / n),
              ("relay_seconds_per_example", sum(r["seconds"] for r in rows) / n)]
     result = []

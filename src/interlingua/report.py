@@ -530,16 +530,24 @@ def _latency(results: pd.DataFrame) -> pd.DataFrame:
 
 def table3_latency(results_path, out_prefix, study: dict) -> None:
     """End-to-end latency at batch 1 per stage, bridge vs text relay."""
-    wide = _latency(read_results(results_path))
+    results = read_results(results_path)
+    wide = _latency(results)
     if wide.empty:
         raise ValueError("table3_latency: no latency rows in the results")
+    # The relay's mean length over the eval rows (its evaluation), beside the latency's timed examples.
+    senders = results[(results.metric == "latency_seconds") & (results.method == "text_relay")].groupby("task").sender.first()
+    relay = results[(results.metric == "relay_generated_tokens") & (results.method == "text_relay")]
+    lengths = relay[relay.sender == relay.task.map(senders)].groupby("task").value.mean()
+    wide["relay_generated_tokens"] = [lengths.get(task, float("nan")) if method == "text_relay" else float("nan")
+                                      for task, method in wide.index]
     if "latency_seconds" in wide:
         bridge = wide.xs("bridge", level="method")["latency_seconds"]
         wide["speed-up vs text relay"] = [
             wide.loc[(task, "text_relay"), "latency_seconds"] / bridge[task] if method == "bridge" else 1.0
             for task, method in wide.index]
     _write_table(wide.round(4).fillna("–"), out_prefix, "Table 3: end-to-end latency at batch 1 (median seconds "
-                 "per stage), bridge vs text relay.", "latency")
+                 "per stage), bridge vs text relay; generated_tokens: the relay's mean length "
+                 "over the timed examples, relay_generated_tokens: over every eval row.", "latency")
 
 
 def fig3_latency(results_path, out_prefix, study: dict) -> None:
