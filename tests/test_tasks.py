@@ -7,10 +7,11 @@ import pytest
 
 from interlingua.config import load_config, load_schema, read_yaml
 from interlingua.errors import DataError
-from interlingua.tasks import (ROLES, field_root, holdout_rows, materialize_split, read_jsonl, read_split, role_rows,
-                               subsample, template_fields)
+from interlingua.tasks import (ROLES, field_root, fit_examples, fit_texts, holdout_rows, materialize_split, normalise,
+                               read_jsonl, read_split, role_rows, subsample, template_fields, token_budget,
+                               truncate_text)
 
-from conftest import REPO, write_jsonl
+from conftest import REPO, SENTENCES, TRAIN_SENTENCES, write_jsonl
 
 
 def test_materialize_writes_rows_and_content_hash(sst2_like_task, toy_mirror, tmp_path):
@@ -20,6 +21,89 @@ def test_materialize_writes_rows_and_content_hash(sst2_like_task, toy_mirror, tm
     assert set(rows[0]) == {"index", "text", "label"}
     again = materialize_split("toy", sst2_like_task, toy_mirror, "eval", tmp_path / "again.jsonl")
     assert again["content_sha256"] == meta["content_sha256"]
+
+
+def test_toy_fixture_train_and_eval_are_disjoint(sst2_like_task, toy_mirror, tmp_path):
+    meta = materialize_split("toy", sst2_like_task, toy_mirror, "train", tmp_path / "train.jsonl")
+    assert meta["rows"] == 16 and meta["eval_overlap_dropped"] == 0
+    assert not {normalise(t) for t in TRAIN_SENTENCES} & {normalise(t) for t in SENTENCES}
+
+
+def test_non_utf8_byte_names_file_and_line(sst2_like_task, toy_mirror, tmp_path):
+    path = toy_mirror / "toy/validation.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = b'{"text": "caf\xe9 latte", "label": 0}\n'  # Latin-1, not UTF-8
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(DataError, match=re.escape(f"{path}:3: not valid UTF-8 (byte 0xe9 at column 14)")):
+        materialize_split("toy", sst2_like_task, toy_mirror, "eval", tmp_path / "v.jsonl")
+
+
+# --- train rows that are eval texts ------------------------------------------------------------
+
+def test_train_drops_eval_texts_after_lowercase_and_whitespace(sst2_like_task, tmp_path):
+    evals = [{"text": f"eval sentence {i}", "label": i % 2} for i in range(10)]
+    train = [{"text": f"train sentence {i}", "label": i % 2} for i in range(30)]
+    train[3]["text"] = "Eval  Sentence 2"                # case and whitespace differ: still the same text
+    train[7]["text"] = "eval sentence 9\t"               # an eval row outside the eval subsample
+    train[11]["text"] = "eval sentence 4"                # exact
+    train[12]["text"] = "eval sentences 4"               # not the same text
+    write_jsonl(tmp_path / "m/toy/train.jsonl", train)
+    write_jsonl(tmp_path / "m/toy/validation.jsonl", evals)
+    task = dict(sst2_like_task, subsample={"train": 20, "eval": 3})
+    meta = materialize_split("toy", task, tmp_path / "m", "train", tmp_path / "out/train.jsonl")
+    rows, _ = read_split(tmp_path / "out/train.jsonl")
+    assert meta["eval_overlap_dropped"] == 3 and meta["rows"] == len(rows) == 20   # the subsample keeps its size
+    assert not {3, 7, 11} & {r["index"] for r in rows}
+    assert not {normalise(r["text"]) for r in rows} & {normalise(e["text"]) for e in evals}
+    assert "eval_overlap_dropped" not in materialize_split("toy", task, tmp_path / "m", "eval", tmp_path / "e.jsonl")
+
+
+def test_holdout_train_drops_texts_of_the_eval_part(sst2_like_task, tmp_path):
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(20)]
+    eval_part = holdout_rows("one", {"eval_rows": 5, "seed": 0}, 20, "eval")
+    train_part = holdout_rows("one", {"eval_rows": 5, "seed": 0}, 20, "train")
+    rows[train_part[0]]["text"] = "ROW " + str(eval_part[0])    # a duplicate across the partition
+    write_jsonl(tmp_path / "one/validation.jsonl", rows)
+    task = dict(sst2_like_task, mirror="one/validation.jsonl", splits={"train": "train", "eval": "test"},
+                holdout={"eval_rows": 5, "seed": 0})
+    meta = materialize_split("one", task, tmp_path, "train", tmp_path / "train.jsonl")
+    train, _ = read_split(tmp_path / "train.jsonl")
+    assert meta["eval_overlap_dropped"] == 1 and meta["rows"] == 14
+    assert train_part[0] not in {r["index"] for r in train}
+
+
+# --- how much of a text a model reads ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bpe():
+    from interlingua.tiny import build_tokenizer
+    return build_tokenizer("bpe")
+
+
+def test_truncate_text_keeps_a_prefix_of_at_most_max_tokens(bpe):
+    text = "a great and moving film " * 2500   # ~12k tokens: extraction once asked for 45 GB
+    cut, truncated = truncate_text(bpe, text, 100)
+    assert truncated and text.startswith(cut) and len(bpe(cut, add_special_tokens=False)["input_ids"]) == 100
+    assert truncate_text(bpe, "a great film", 100) == ("a great film", False)
+    assert truncate_text(bpe, "caf\u00e9 " * 50, 7)[0] in ("caf\u00e9 " * 50)  # never inside a character
+
+
+def test_fit_texts_counts_and_token_budget_respects_positions(bpe):
+    examples = [{"text": "short", "label": 0}, {"text": "word " * 600, "label": 1}]
+    fitted, cut = fit_texts(bpe, examples, 64)
+    assert cut == 1 and fitted[0] is examples[0] and len(bpe(fitted[1]["text"])["input_ids"]) <= 64
+    frame = "Review: \nSentiment:"
+    frame_tokens = len(bpe(frame)["input_ids"])
+    assert token_budget(bpe, 2048, None, frame) == 2048
+    assert token_budget(bpe, 2048, 512, frame, extra=2) == 512 - frame_tokens - 2
+    assert token_budget(bpe, 2048, 512, frame, slots=3) == (512 - frame_tokens) // 3
+    with pytest.raises(DataError, match="tasks.toy.max_tokens"):
+        token_budget(bpe, 2048, frame_tokens, frame, where="tasks.toy.max_tokens")
+
+    class Config:
+        max_position_embeddings = 40
+    fitted, cut = fit_examples({"max_tokens": 2048}, bpe, Config(), examples, frame=frame)
+    assert cut == 1 and len(bpe(frame)["input_ids"]) + len(bpe(fitted[1]["text"])["input_ids"]) <= 40
 
 
 def test_subsample_is_seeded_and_ordered():
@@ -204,8 +288,8 @@ def test_workflow_request_keeps_every_row_deciding_key():
     """A task key that decides a split's rows must reach the materialize job's request (common.smk)."""
     keep = re.search(r"keep = \((.*?)\)", (REPO / "workflow/rules/common.smk").read_text(), re.S).group(1)
     task_keys = set(load_schema()["properties"]["tasks"]["additionalProperties"]["properties"])
-    # added per role, or not about rows (prompts, training overrides)
-    per_role_or_prompt_only = {"splits", "subsample", "verbalizers", "prompts", "overrides"}
+    # added per role, or not about rows (prompts, training overrides, how much of a text models read)
+    per_role_or_prompt_only = {"splits", "subsample", "verbalizers", "prompts", "overrides", "max_tokens"}
     assert task_keys - per_role_or_prompt_only <= set(re.findall(r'"(\w+)"', keep))
 
 
@@ -248,6 +332,24 @@ def test_params_task_materializes_from_the_mirror(real_config, name, tmp_path):
         assert indices[role] == sorted(set(indices[role]))
     if "holdout" in task:
         assert not set(indices["train"]) & set(indices["eval"])
+
+
+# Train rows whose text is an eval text (lower case, whitespace collapsed), measured on the mirror: TREC 11
+# of the 500 test questions are training questions (10 exactly), AG News 9 of 7,600 (10 train rows: one
+# twice), Banking77 7 of 3,080 (case or spacing only).
+OVERLAP = {"ag_news": 10, "trec": 11, "banking77": 7}
+
+
+@pytest.mark.parametrize("name", ["ag_news", "trec", "banking77", "boolq"])
+def test_real_train_splits_drop_every_eval_text(real_config, name, tmp_path):
+    task, datasets = real_config["tasks"][name], real_config["paths"]["datasets"]
+    for role in ROLES:
+        materialize_split(name, task, datasets, role, tmp_path / f"{role}.jsonl")
+    meta = read_split(tmp_path / "train.jsonl")[1]
+    assert meta["eval_overlap_dropped"] == OVERLAP.get(name, 0)
+    from interlingua.tasks import eval_texts
+    train = {normalise(r["text"]) for r in read_split(tmp_path / "train.jsonl")[0]}
+    assert not train & eval_texts(name, task, datasets)
 
 
 def test_real_multi_field_tasks_render_the_source_rows(real_config, tmp_path):
