@@ -368,3 +368,62 @@ def test_real_multi_field_tasks_render_the_source_rows(real_config, tmp_path):
     materialize_split("ag_news", tasks["ag_news"], datasets, "eval", tmp_path / "ag.jsonl")
     ag_source = read_jsonl(datasets / "ag_news/test.jsonl")
     assert all(r["text"] == ag_source[r["index"]]["description"] for r in read_split(tmp_path / "ag.jsonl")[0])
+
+
+# --- every model job reading task texts cuts them to max_tokens and counts it ----------------------
+
+def test_text_baselines_cut_long_rows_and_count_them(tiny_models, sst2_like_task, tmp_path, monkeypatch):
+    """0-shot, k-shot, the relay's sender input and fine-tuning read at most max_tokens of a text (a row of
+    2,500 repetitions, ~50k tokens, once made extraction ask for 45 GB) and say how many they cut."""
+    import pandas as pd
+    import torch
+
+    from interlingua import finetune, relay, zoo
+    from interlingua.evaluate import evaluate_zero_shot
+    from interlingua.few_shot import evaluate_few_shot
+    from interlingua.receiver import Receiver
+
+    long_text = "the jokes fall flat " * 2500
+    write_jsonl(tmp_path / "m/toy/train.jsonl", [{"text": long_text, "label": 0}, {"text": "a great film", "label": 1}])
+    write_jsonl(tmp_path / "m/toy/validation.jsonl", [{"text": "an awful mess", "label": 0},
+                                                      {"text": "x " + long_text, "label": 1}])
+    task = dict(sst2_like_task, max_tokens=24)
+    split = {role: tmp_path / f"{role}.jsonl" for role in ROLES}
+    for role in ROLES:
+        materialize_split("toy", task, tmp_path / "m", role, split[role])
+    cpu, f32, receiver = torch.device("cpu"), torch.float32, tiny_models["receiver"]
+    widest = []
+    original = Receiver._left_pad
+    monkeypatch.setattr(Receiver, "_left_pad", lambda self, rows: widest.append(max(len(r) for r in rows))
+                        or original(self, rows))
+
+    def truncated(path):
+        frame = pd.read_csv(path)
+        return frame[frame.metric == "truncated_inputs"].value.tolist()
+
+    evaluate_zero_shot(split["eval"], receiver, tmp_path / "z.csv", task_name="toy", task=task, model_alias="r",
+                       batch_size=2, device=cpu, dtype=f32)
+    assert truncated(tmp_path / "z.csv") == [1] and max(widest) <= 24 + 16     # the text and its short prompt
+    evaluate_few_shot(split["train"], split["eval"], receiver, tmp_path / "k.csv", task_name="toy", task=task,
+                      model_alias="r", shots=2, seed=0, batch_size=2, device=cpu, dtype=f32)
+    assert truncated(tmp_path / "k.csv") == [2]                                  # a demonstration and a query
+    assert max(widest) <= 24 + 16
+
+    sent = []
+    monkeypatch.setattr(relay, "generate_batch", lambda model, tokenizer, prompts, max_new_tokens: sent.extend(prompts)
+                        or [{"relay": "bad", "generated_tokens": 1, "finished": True} for _ in prompts])
+    out = relay.generate_relay(tiny_models["sender"], split["eval"], tmp_path / "relay.jsonl", task=task,
+                               mode="summary", max_new_tokens=4, batch_size=2, device=cpu, dtype=f32)
+    assert json.loads(relay.relay_meta_path(out).read_text())["truncated_inputs"] == 1
+    frame = relay.chat_ids(zoo.load_tokenizer(tiny_models["sender"]), relay.sender_message(task, "", "summary"))
+    assert max(len(p) for p in sent) <= len(frame) + 24
+
+    train = {"steps": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0,
+             "diversity_weight": 0.0, "checkpoint_every": 1}
+    spec = {"method": "lora", "rank": 2, "alpha": 4, "lr": 1e-3}
+    checkpoint = finetune.train_finetune(split["train"], receiver, tmp_path / "f.pt", task=task, train=train,
+                                         finetune=spec, seed=0, device=cpu, dtype=f32)
+    assert torch.load(checkpoint, weights_only=False)["truncated_inputs"] == 1
+    finetune.evaluate_finetune(split["eval"], receiver, checkpoint, tmp_path / "f.csv", task_name="toy", task=task,
+                               receiver_alias="r", batch_size=2, device=cpu, dtype=f32)
+    assert truncated(tmp_path / "f.csv") == [1] and max(widest) <= 24 + 16
