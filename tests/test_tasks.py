@@ -492,3 +492,11 @@ def test_banking77_labels_part_ways_only_inside_the_trie(real_tokenizers):
         # every class past the root is scored at each node where labels part ways
         shared = [c for c, i in enumerate(ids) if trie.firsts.count(i[0]) > 1]
         assert shared and set(shared) <= set(trie.step_classes)
+
+
+def test_truncation_on_the_real_tokenizers(real_tokenizers):
+    text = "The passage goes on and on, café ünïcode 東京 naïve. " * 300
+    for tokenizer in real_tokenizers.values():
+        cut, truncated = truncate_text(tokenizer, text, 100)
+        assert truncated and text.startswith(cut)
+        assert 95 <= len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= 100
