@@ -13,6 +13,11 @@ from interlingua.tiny import TINY_GEMMA3, TINY_LLAMA
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = ["a great and moving film", "dull , boring and bad", "wonderful acting", "an awful mess",
              "clever story and charming", "the jokes fall flat", "heartfelt comedy", "badly written picture"]
+# The training file's texts: none is an eval text (materialization would drop it).
+TRAIN_SENTENCES = ["a moving and clever story", "the plot is dull", "charming acting", "a boring thriller",
+                   "wonderful comedy", "an awful and badly written film", "a great film", "the jokes are bad",
+                   "funny and heartfelt", "a mess of a picture", "clever and moving", "dull acting",
+                   "a charming story", "the story falls flat", "a wonderful film", "boring , bad and dull"]
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +47,10 @@ def write_jsonl(path: Path, rows) -> Path:
 
 @pytest.fixture
 def toy_mirror(tmp_path) -> Path:
-    """A datasets mirror with a toy two-class task."""
-    rows = [{"text": s, "label": i % 2} for i, s in enumerate(SENTENCES)]
-    write_jsonl(tmp_path / "mirror/toy/train.jsonl", rows * 2)
-    write_jsonl(tmp_path / "mirror/toy/validation.jsonl", rows)
+    """A datasets mirror with a toy two-class task: 16 training rows, 8 eval rows, no text in both."""
+    train = [{"text": s, "label": i % 2} for i, s in enumerate(TRAIN_SENTENCES)]
+    write_jsonl(tmp_path / "mirror/toy/train.jsonl", train)
+    write_jsonl(tmp_path / "mirror/toy/validation.jsonl", [{"text": s, "label": i % 2} for i, s in enumerate(SENTENCES)])
     return tmp_path / "mirror"
 
 

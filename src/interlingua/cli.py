@@ -50,7 +50,8 @@ def cmd_extract(args):
     store = extract(args.model_dir, args.split, args.out, sender_prompt=spec["sender_prompt"], layers=ex["layers"],
                     storage_dtype=ex["storage_dtype"], kv_cache=ex.get("kv_cache", False),
                     batch_size=args.batch_size, shard_tokens=args.shard_tokens, chunk_tokens=args.chunk_tokens,
-                    device=device, dtype=dtype, model_alias=args.alias)
+                    device=device, dtype=dtype, model_alias=args.alias,
+                    **({"max_tokens": spec["max_tokens"]} if "max_tokens" in spec else {}))
     if args.receipt:
         write_receipt(store, args.receipt, request=spec)
 

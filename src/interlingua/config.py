@@ -8,7 +8,10 @@ mistake is reported before any heavy work, with the key that is wrong.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import os
+import struct
 from importlib.resources import files
 from pathlib import Path
 
@@ -89,6 +92,7 @@ def validate_config(config: dict, base_dir: str | Path = ".") -> dict:
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(f"config key '{_key_path(first)}': {first.message}{more}")
     _check_references(config)
+    _check_depths(config, base_dir)
     config["paths"]["datasets"] = str(resolve_datasets_dir(config, base_dir))
     return config
 
@@ -195,3 +199,105 @@ def _check_splits(key: str, task: dict) -> None:
     if "holdout" in task and "hub_id" in task:
         raise ConfigError(f"config key '{key}.hub_id': the hub fallback reads hub splits by name, which "
                           "cannot reproduce a holdout of the mirror file; remove hub_id or holdout")
+
+
+# --- layers within the sender's depth, checked before any model is built ---------------------------
+
+def _check_depths(config: dict, base_dir: str | Path) -> None:
+    """Every layer a sender is asked for (extract.layers, each bridge run's source_layer) exists, for
+    each sender whose depth is knowable without loading it (`model_depth`); extraction checks the
+    others from the model's config before the model runs."""
+    from .study import bridge_runs, parse_variant, run_settings, senders
+
+    depths = {alias: model_depth(alias, config["models"][alias], base_dir) for alias in senders(config)}
+    for alias, depth in depths.items():
+        for i, layer in enumerate(config["extract"]["layers"]):
+            if depth is not None and layer > depth:
+                raise ConfigError(f"config key 'extract.layers[{i}]': layer {layer} is beyond sender '{alias}', "
+                                  f"which has {depth} blocks (layers 0 = embeddings to {depth})")
+    for run in bridge_runs(config):
+        depth = depths.get(run["sender"])
+        spec, _ = run_settings(config, run["bridge"], run["task"])
+        layer = spec.get("source_layer")
+        if depth is None or layer is None or layer <= depth:
+            continue
+        base, changes = parse_variant(run["bridge"])
+        if "source_layer" in changes:
+            key = "study.hyperparameters.sweep.source_layer"
+        elif "source_layer" in config["tasks"][run["task"]].get("overrides", {}).get("bridge", {}):
+            key = f"tasks.{run['task']}.overrides.bridge.source_layer"
+        else:
+            key = f"bridges.{base}.source_layer"
+        raise ConfigError(f"config key '{key}': layer {layer} is beyond sender '{run['sender']}' (bridge run "
+                          f"{run['bridge']} on {run['task']}), which has {depth} blocks (layers 0 to {depth})")
+
+
+def model_depth(alias: str, spec: dict, base_dir: str | Path = ".") -> int | None:
+    """A model's number of blocks when knowable without loading it: a random model's config, a
+    materialized copy of the same source (data/models/<alias>), or a GGUF package's header. None else."""
+    if "random" in spec:
+        depth = spec["random"].get("num_hidden_layers")
+        if depth is None:
+            from transformers import AutoConfig
+            depth = AutoConfig.for_model(spec["random"]["model_type"]).num_hidden_layers
+        return depth
+    for root in dict.fromkeys([Path(base_dir), Path.cwd()]):
+        model_dir = root / "data/models" / alias
+        try:
+            manifest = json.loads((model_dir / "interlingua_model.json").read_text())
+            model_config = json.loads((model_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("source") == spec:
+            depth = model_config.get("num_hidden_layers") or model_config.get("text_config", {}).get("num_hidden_layers")
+            if depth:
+                return depth
+    if "gguf_package" in spec:
+        return _gguf_depth(spec["gguf_package"], spec.get("gguf_file"))
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _gguf_depth(package: str, filename: str | None) -> int | None:
+    from .zoo import locate_gguf
+    try:
+        return gguf_block_count(locate_gguf(package, filename))
+    except Exception:  # not installed, unreadable: extraction checks the depth before the model runs
+        return None
+
+
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_block_count(path: str | Path) -> int | None:
+    """`<architecture>.block_count` from a GGUF file's key-value header, read up to that key only
+    (the model parameters come before the tokenizer's long arrays): a fraction of a millisecond."""
+    with open(path, "rb") as handle:
+        def read(fmt):
+            return struct.unpack("<" + fmt, handle.read(struct.calcsize("<" + fmt)))[0]
+
+        def skip_value(kind):
+            if kind in _GGUF_SCALARS:
+                handle.seek(struct.calcsize("<" + _GGUF_SCALARS[kind]), 1)
+            elif kind == 8:
+                handle.seek(read("Q"), 1)
+            elif kind == 9:
+                item, count = read("I"), read("Q")
+                if item in _GGUF_SCALARS:
+                    handle.seek(struct.calcsize("<" + _GGUF_SCALARS[item]) * count, 1)
+                else:
+                    for _ in range(count):
+                        skip_value(item)
+            else:
+                raise ValueError(f"unknown GGUF value type {kind}")
+
+        if handle.read(4) != b"GGUF":
+            return None
+        read("I"), read("Q")  # version, tensor count
+        for _ in range(read("Q")):
+            key = handle.read(read("Q")).decode("utf-8", "replace")
+            kind = read("I")
+            if key.endswith(".block_count") and kind in _GGUF_SCALARS:
+                return int(read(_GGUF_SCALARS[kind]))
+            skip_value(kind)
+    return None

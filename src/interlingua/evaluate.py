@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import zoo
 from .receiver import Receiver
 from .store import ActivationStore
-from .tasks import read_split
+from .tasks import fit_examples, read_split
 from .train import load_bridge, make_prompt_embedding
 
 COLUMNS = ["task", "method", "variant", "sender", "receiver", "bridge", "seed", "metric", "value", "n", "fingerprint"]
@@ -75,6 +75,18 @@ def write_rows(rows: list[dict], out_path) -> Path:
     return out_path
 
 
+def fit_for_receiver(receiver: Receiver, task: dict, examples: list[dict], frame: str, slots: int = 1):
+    """The examples cut to the task's max_tokens for this receiver (`tasks.fit_examples`; room is kept for
+    `slots` texts in `frame` and the longest verbalizer), and how many were cut."""
+    return fit_examples(task, receiver.tokenizer, receiver.model.config, examples, frame=frame, slots=slots,
+                        extra=max(len(ids) for ids in receiver.verbalizer_ids))
+
+
+def truncated_rows(base: dict, count: int, n: int) -> list[dict]:
+    """A `truncated_inputs` row (texts cut to max_tokens) when there were any; none otherwise."""
+    return [dict(base, variant="", n=n, metric="truncated_inputs", value=count)] if count else []
+
+
 def _receiver(model_dir, task, device, dtype) -> Receiver:
     return Receiver(zoo.load_model(model_dir, device, dtype), zoo.load_tokenizer(model_dir), task["verbalizers"])
 
@@ -83,13 +95,15 @@ def evaluate_zero_shot(split_path, model_dir, out_path, *, task_name: str, task:
                        batch_size: int, device, dtype) -> Path:
     examples, meta = read_split(split_path)
     receiver = _receiver(model_dir, task, device, dtype)
+    examples, truncated = fit_for_receiver(receiver, task, examples, task["prompts"]["text"].format(text=""))
     labels = torch.tensor([e["label"] for e in examples])
     texts = [task["prompts"]["text"].format(text=e["text"]) for e in examples]
     started = time.perf_counter()
     predictions = predict_texts(receiver, texts, batch_size, desc=f"zero-shot {model_alias}")
     base = {"task": task_name, "method": "zero_shot", "sender": "", "receiver": model_alias, "bridge": "",
             "seed": "", "fingerprint": zoo.read_manifest(model_dir)["fingerprint"] + ":" + meta["content_sha256"][:16]}
-    return write_rows(rows_for(base, predictions, labels, time.perf_counter() - started), out_path)
+    rows = rows_for(base, predictions, labels, time.perf_counter() - started)
+    return write_rows(rows + truncated_rows(base, truncated, len(labels)), out_path)
 
 
 def evaluate_random(split_path, out_path, *, task_name: str, task: dict, seeds: list[int]) -> Path:

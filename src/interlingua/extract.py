@@ -18,13 +18,16 @@ from . import __version__, zoo
 from .fingerprint import STORE_FORMAT_VERSION, fingerprint
 from .receiver import cache_kwarg
 from .store import StoreWriter, kv_keys, layer_key, read_manifest, verify, writer_lock
-from .tasks import read_split
+from .errors import ConfigError
+from .tasks import DEFAULT_MAX_TOKENS, fit_examples, read_split
 
 
 def extraction_fingerprint(model_fp: str, task_sha: str, sender_prompt: str, layers, storage_dtype: str,
-                           compute_dtype: str, kv_cache: bool = False) -> str:
+                           compute_dtype: str, kv_cache: bool = False, max_tokens: int | None = None) -> str:
     content = {"model": model_fp, "task": task_sha, "prompt": sender_prompt, "layers": sorted(layers),
                "storage": storage_dtype, "compute": compute_dtype, "format": STORE_FORMAT_VERSION}
+    if max_tokens is not None:  # stores written before max_tokens existed have none
+        content["max_tokens"] = max_tokens
     if kv_cache:
         content["kv_cache"] = True
     return fingerprint(content)
@@ -42,8 +45,7 @@ def capture_layers(decoder, layers: list[int], run_all: bool = False):
     captured: dict[int, torch.Tensor] = {}
     all_blocks = decoder.layers
     deepest = max(layers)
-    if deepest > len(all_blocks):
-        raise ValueError(f"layer {deepest} requested but the model has {len(all_blocks)} blocks")
+    check_layers(layers, len(all_blocks))
 
     def hook_for(layer):
         def hook(_module, _inputs, output):
@@ -60,6 +62,14 @@ def capture_layers(decoder, layers: list[int], run_all: bool = False):
         decoder.layers = all_blocks
         for handle in handles:
             handle.remove()
+
+
+def check_layers(layers, depth: int, model: str = "the sender") -> None:
+    """Layers past a model's depth stop the job before the model runs, naming the keys that ask for them."""
+    beyond = sorted(layer for layer in layers if layer > depth)
+    if beyond:
+        raise ConfigError(f"layer(s) {beyond} requested (extract.layers, or a bridge's source_layer) but "
+                          f"{model} has {depth} blocks: layers go from 0 (embeddings) to {depth}")
 
 
 def kv_layout(config) -> dict:
@@ -109,15 +119,20 @@ def store_covers(path: Path, fingerprint_request: dict) -> bool:
 
 def extract(model_dir: str | Path, split_path: str | Path, out_path: str | Path, *, sender_prompt: str,
             layers: list[int], storage_dtype: str, batch_size: int, device, dtype, kv_cache: bool = False,
-            shard_tokens: int = 65536, chunk_tokens: int = 1024, model_alias: str = "") -> Path:
+            shard_tokens: int = 65536, chunk_tokens: int = 1024, model_alias: str = "",
+            max_tokens: int = DEFAULT_MAX_TOKENS) -> Path:
+    """Store the sender's states of every row; a row's text is cut to `max_tokens` tokens (and the
+    model's positions), the count recorded in the manifest (`truncated_rows`)."""
     out_path = Path(out_path)
     rows, task_meta = read_split(split_path)
     model_meta = zoo.read_manifest(model_dir)
     layers = sorted(layers)
+    check_layers(layers, zoo.load_config(model_dir).num_hidden_layers, f"model {model_alias or model_dir}")
     compute = str(torch.float32 if device.type == "cpu" else dtype).removeprefix("torch.")
     request = {"model_fingerprint": model_meta["fingerprint"], "task_sha256": task_meta["content_sha256"],
                "sender_prompt": sender_prompt, "storage_dtype": storage_dtype, "compute_dtype": compute,
-               "format_version": STORE_FORMAT_VERSION, "layers": layers, "kv_cache": kv_cache}
+               "format_version": STORE_FORMAT_VERSION, "layers": layers, "kv_cache": kv_cache,
+               "max_tokens": max_tokens}
     if store_covers(out_path, request):
         print(f"{out_path}: an intact store already holds this request; nothing to extract")
         return out_path
@@ -131,6 +146,8 @@ def _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_si
     layers, kv_cache, sender_prompt = request["layers"], request["kv_cache"], request["sender_prompt"]
     tokenizer = zoo.load_tokenizer(model_dir)
     config = zoo.load_config(model_dir)
+    rows, truncated = fit_examples({"max_tokens": request["max_tokens"]}, tokenizer, config, rows,
+                                   frame=sender_prompt.format(text=""), where=f"tasks.{task_meta['task']}.max_tokens")
     token_ids = [tokenizer(sender_prompt.format(text=row["text"]), add_special_tokens=True)["input_ids"]
                  for row in rows]
     # Length-sorted, fixed batches waste little padding; the store keeps each row's example index.
@@ -143,7 +160,7 @@ def _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_si
             for key in kv_keys(layer):
                 arrays[key] = ((kv["num_kv_heads"], kv["head_dim"]), storage)
     key = extraction_fingerprint(request["model_fingerprint"], request["task_sha256"], sender_prompt, layers,
-                                 storage, request["compute_dtype"], kv_cache)
+                                 storage, request["compute_dtype"], kv_cache, request["max_tokens"])
     writer = StoreWriter(out_path, key=key, lengths=[len(token_ids[i]) for i in order],
                          labels=[rows[i]["label"] for i in order], example_index=order, arrays=arrays,
                          shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)
@@ -172,7 +189,7 @@ def _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_si
         "tokenizer": type(tokenizer).__name__, "vocab_size": len(tokenizer), "task": task_meta["task"],
         "role": task_meta["role"], "split": task_meta["split"], "hidden_size": d,
         "num_model_layers": config.num_hidden_layers, "code_version": __version__,
-        "seconds": round(time.perf_counter() - started, 2), "fingerprint": key,
+        "seconds": round(time.perf_counter() - started, 2), "fingerprint": key, "truncated_rows": truncated,
         **{k: v for k, v in request.items() if k != "kv_cache"},
     }
     if kv:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import zoo
 from .errors import DataError
-from .evaluate import _receiver, rows_for, write_rows
+from .evaluate import _receiver, fit_for_receiver, rows_for, truncated_rows, write_rows
 from .receiver import Prompt, Receiver
 from .tasks import read_split
 
@@ -60,6 +60,17 @@ def demonstration_block(task: dict, demonstrations: list[dict]) -> str:
 def query_texts(task: dict, examples: list[dict], with_demonstrations: bool) -> list[str]:
     sep = SEPARATOR if with_demonstrations else ""
     return [sep + task["prompts"]["text"].format(text=e["text"]) for e in examples]
+
+
+def fit_prompt_texts(receiver: Receiver, task: dict, demonstrations: list[dict], queries: list[dict]):
+    """Demonstrations and queries cut to the task's max_tokens, each text bounded so that all of them fit the
+    receiver's positions together (`evaluate.fit_for_receiver`); returns both and how many texts were cut."""
+    empty = [dict(d, text="") for d in demonstrations]
+    frame = demonstration_block(task, empty) + query_texts(task, [{"text": ""}], bool(demonstrations))[0]
+    slots = len(demonstrations) + 1
+    demonstrations, cut_demonstrations = fit_for_receiver(receiver, task, demonstrations, frame, slots)
+    queries, cut_queries = fit_for_receiver(receiver, task, queries, frame, slots)
+    return demonstrations, queries, cut_demonstrations + cut_queries
 
 
 def sliding_window(model) -> int | None:
@@ -112,6 +123,7 @@ def evaluate_few_shot(train_split, eval_split, model_dir, out_path, *, task_name
     receiver = _receiver(model_dir, task, device, dtype)
     tokenize = lambda text: receiver.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     demonstrations = pick_demonstrations(train, shots, seed) if shots else []
+    demonstrations, examples, truncated = fit_prompt_texts(receiver, task, demonstrations, examples)
     prefix_ids = receiver.prefix_ids + tokenize(demonstration_block(task, demonstrations))
     query_ids = [tokenize(q) for q in query_texts(task, examples, with_demonstrations=bool(demonstrations))]
     labels = torch.tensor([e["label"] for e in examples])
@@ -123,4 +135,4 @@ def evaluate_few_shot(train_split, eval_split, model_dir, out_path, *, task_name
     base = {"task": task_name, "method": "few_shot", "sender": "", "receiver": model_alias, "bridge": "",
             "seed": seed, "fingerprint": fingerprint}
     rows = rows_for(base, predictions, labels, time.perf_counter() - started, variant=f"{shots}_shot")
-    return write_rows(rows, out_path)
+    return write_rows(rows + truncated_rows(dict(base, variant=f"{shots}_shot"), truncated, len(labels)), out_path)

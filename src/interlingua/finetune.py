@@ -24,10 +24,10 @@ from torch import nn
 
 from . import zoo
 from .errors import ConfigError, DataError
-from .evaluate import parameters_row, predict_texts, rows_for, write_rows
+from .evaluate import fit_for_receiver, parameters_row, predict_texts, rows_for, truncated_rows, write_rows
 from .fingerprint import fingerprint
 from .receiver import Receiver
-from .tasks import read_split
+from .tasks import max_tokens, read_split
 from .train import _save, fit, load_trainable_state, resume_path_for, trainable_state
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -100,10 +100,11 @@ def train_finetune(split_path, receiver_dir, out_path, *, task: dict, train: dic
     finetune = check_spec(finetune)
     rows, meta = read_split(split_path)
     labels = torch.tensor([row["label"] for row in rows])
-    texts = [task["prompts"]["text"].format(text=row["text"]) for row in rows]
     model = prepare(zoo.load_model(receiver_dir, device, dtype), finetune, seed)
     # Built after requires_grad is set: the Receiver checks once that the head is frozen (fused head).
     receiver = Receiver(model, zoo.load_tokenizer(receiver_dir), task["verbalizers"])
+    rows, truncated = fit_for_receiver(receiver, task, rows, task["prompts"]["text"].format(text=""))
+    texts = [task["prompts"]["text"].format(text=row["text"]) for row in rows]
 
     def make_prompt(batch_rows):
         return receiver.text_prompt([texts[r] for r in batch_rows]), None  # no soft tokens: no diversity term
@@ -111,14 +112,14 @@ def train_finetune(split_path, receiver_dir, out_path, *, task: dict, train: dic
     receiver_fp = zoo.read_manifest(receiver_dir)["fingerprint"]
     run_fp = fingerprint({"task": meta["content_sha256"], "prompts": task["prompts"]["text"],
                           "verbalizers": task["verbalizers"], "train": train, "finetune": finetune, "seed": seed,
-                          "receiver": receiver_fp})
+                          "receiver": receiver_fp, "max_tokens": max_tokens(task)})
     started = time.perf_counter()
     log = fit(model, make_prompt, labels, receiver, train, finetune["lr"], seed, 0.0,
               desc=f"finetune {method_name(finetune)}", resume_path=resume_path_for(Path(out_path)), run_key=run_fp)
     payload = {"kind": "finetune", "method": method_name(finetune), "finetune": finetune,
                "state_dict": trainable_state(model), "trainable_parameters": count_trainable(model),
                "receiver": receiver_fp, "seed": seed, "seconds": time.perf_counter() - started,
-               "fingerprint": run_fp}
+               "fingerprint": run_fp, "truncated_inputs": truncated}
     _save(Path(out_path), payload, log)
     return Path(out_path)
 
@@ -150,6 +151,7 @@ def evaluate_finetune(split_path, receiver_dir, checkpoint, out_path, *, task_na
     """Accuracy and time per example of the fine-tuned receiver reading the text, and its trained size."""
     examples, _ = read_split(split_path)
     receiver, payload = load_finetuned(receiver_dir, checkpoint, task, device, dtype)
+    examples, truncated = fit_for_receiver(receiver, task, examples, task["prompts"]["text"].format(text=""))
     labels = torch.tensor([e["label"] for e in examples])
     texts = [task["prompts"]["text"].format(text=e["text"]) for e in examples]
     started = time.perf_counter()
@@ -157,4 +159,5 @@ def evaluate_finetune(split_path, receiver_dir, checkpoint, out_path, *, task_na
     base = {"task": task_name, "method": payload["method"], "sender": "", "receiver": receiver_alias, "bridge": "",
             "seed": payload["seed"], "fingerprint": payload["fingerprint"]}
     rows = rows_for(base, predictions, labels, time.perf_counter() - started)
+    rows += truncated_rows(base, truncated, len(labels))
     return write_rows(rows + [parameters_row(base, payload["trainable_parameters"], len(labels))], out_path)

@@ -5,7 +5,7 @@
   cot      the sender reasons step by step about which label applies; the receiver reads the reasoning.
 
 Generation goes through the sender's chat template with greedy decoding (deterministic, so it
-has no seed), batched with left padding, and the input is never truncated. Every eval row gets a relay,
+has no seed), batched with left padding, and the input is cut only at `tasks.<t>.max_tokens` (as in every model job). Every eval row gets a relay,
 so the relay is scored on the same rows as every other method. A relay ends at its first complete
 message (`complete_end`): a summary at the end of its first paragraph, a reasoning at the end of the
 first paragraph that names a label; or at the sender's end-of-turn token; `max_new_tokens` caps the
@@ -47,9 +47,9 @@ from tqdm.auto import tqdm
 from . import zoo
 from .errors import ConfigError
 from .evaluate import _receiver, predict_texts, rows_for, write_rows
-from .few_shot import SEPARATOR, demonstration_block, few_shot_scores, pick_demonstrations
+from .few_shot import SEPARATOR, demonstration_block, few_shot_scores, fit_prompt_texts, pick_demonstrations
 from .fingerprint import fingerprint
-from .tasks import read_jsonl, read_split
+from .tasks import fit_examples, max_tokens, read_jsonl, read_split
 
 MODES = ("summary", "cot")
 METHODS = {"summary": "text_relay", "cot": "cot_relay"}
@@ -243,11 +243,14 @@ def generate_relay(sender_dir, split_path, out_path, *, task: dict, mode: str, m
     `seconds` is the batch's generation time / its size (rows that end early leave the batch)."""
     examples, meta = read_split(split_path)
     tokenizer = zoo.load_tokenizer(sender_dir)
+    # The input is cut to tasks.<t>.max_tokens of the sender's tokenizer, as extraction cuts it.
+    examples, truncated = fit_examples(task, tokenizer, zoo.load_config(sender_dir), examples,
+                                       frame=chat_ids(tokenizer, sender_message(task, "", mode)), extra=max_new_tokens)
     prompts = [chat_ids(tokenizer, sender_message(task, e["text"], mode)) for e in examples]
     request = {"sender": zoo.read_manifest(sender_dir)["fingerprint"], "split": meta["content_sha256"],
                "mode": mode, "message": sender_message(task, "{text}", mode), "max_new_tokens": max_new_tokens,
                "batch_size": batch_size, "dtype": str(dtype), "device": torch.device(device).type,
-               "stop": STOP_RULE[mode]}
+               "stop": STOP_RULE[mode], "max_tokens": max_tokens(task)}
     out_path, partial = Path(out_path), partial_path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = read_partial(partial, request)
@@ -283,7 +286,7 @@ def generate_relay(sender_dir, split_path, out_path, *, task: dict, mode: str, m
     tmp.replace(out_path)
     summary = {"rows": len(rows), "mean_generated_tokens": sum(r["generated_tokens"] for r in rows) / len(rows),
                "mean_seconds": sum(r["seconds"] for r in rows) / len(rows),
-               "finished": sum(r["finished"] for r in rows) / len(rows)}
+               "finished": sum(r["finished"] for r in rows) / len(rows), "truncated_inputs": truncated}
     relay_meta_path(out_path).write_text(json.dumps({"request": request, "fingerprint": fingerprint(request),
                                                      **summary}, indent=2))
     partial.unlink()
@@ -354,6 +357,7 @@ def evaluate_relay(relay_path, split_path, receiver_dir, out_path, *, task_name:
     result = []
     for seed in (seeds if shots else [""]):
         demonstrations = pick_demonstrations(train, shots, seed) if shots else []
+        demonstrations = fit_prompt_texts(receiver, task, demonstrations, [])[0]  # as the k-shot baseline cuts them
         started = time.perf_counter()
         predictions = receiver_predictions(receiver, task, texts, demonstrations, batch_size,
                                            desc=f"{METHODS[mode]} {receiver_alias} {shots}-shot seed {seed}")

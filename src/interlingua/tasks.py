@@ -7,6 +7,13 @@ Materializing a split validates every row, renders its text (`text_field`, or `t
 over the raw row), maps its label (an index, or through `label_values`), takes the seeded
 subsample, and writes `data/tasks/<task>/<split>.jsonl` as {index, text, label} lines (index =
 row number in the source file) plus a meta file with its content hash.
+
+A train row whose text is also an eval text of the task (after lower-casing and collapsing
+whitespace, `normalise`) is dropped before the subsample, against the whole eval split (not only
+its subsample), so no eval row can ever be a training row; the meta file counts them.
+
+Model jobs read at most `max_tokens` tokens of a row's text (in the reading model's tokenizer,
+bounded by the model's positions): `fit_texts` cuts longer texts and counts them.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from .errors import DataError
 from .fingerprint import file_sha256
 
 ROLES = ("train", "eval")
+DEFAULT_MAX_TOKENS = 2048  # tasks.<t>.max_tokens when a task dict was not validated (the schema's default)
 _FORMATTER = string.Formatter()
 
 
@@ -30,8 +38,13 @@ def mirror_path(task: dict, datasets_dir: str | Path, role: str) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                                f"{exc.start + 1}); re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -175,18 +188,48 @@ def subsample(rows: list, size: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(len(rows)), size))
 
 
-def role_rows(name: str, task: dict, n_rows: int, role: str) -> list[int]:
-    """Source row numbers materialized for `role`: its holdout part (if any), then the subsample."""
-    candidates = holdout_rows(name, task["holdout"], n_rows, role) if "holdout" in task else list(range(n_rows))
+def role_candidates(name: str, task: dict, n_rows: int, role: str) -> list[int]:
+    """Source row numbers of `role` before the subsample: its holdout part, or the whole file."""
+    return holdout_rows(name, task["holdout"], n_rows, role) if "holdout" in task else list(range(n_rows))
+
+
+def role_rows(name: str, task: dict, n_rows: int, role: str, exclude=()) -> list[int]:
+    """Source row numbers materialized for `role`: its holdout part (if any) without the rows in
+    `exclude`, then the subsample."""
+    excluded = set(exclude)
+    candidates = [i for i in role_candidates(name, task, n_rows, role) if i not in excluded]
     picked = subsample(candidates, task["subsample"].get(role), task["subsample_seed"])
     return [candidates[i] for i in picked]
 
 
+def normalise(text: str) -> str:
+    """What two texts must share to count as the same example: lower case, whitespace collapsed."""
+    return " ".join(text.lower().split())
+
+
+def eval_texts(name: str, task: dict, datasets_dir: str | Path, rows: list[dict] | None = None) -> set[str]:
+    """Normalised texts of the task's whole eval split (`rows`: the already loaded file, with holdout)."""
+    if "holdout" in task:
+        if rows is None:
+            rows, _ = load_rows(name, task, datasets_dir, "eval")
+        return {normalise(rows[i]["text"]) for i in role_candidates(name, task, len(rows), "eval")}
+    rows, _ = load_rows(name, task, datasets_dir, "eval")
+    return {normalise(row["text"]) for row in rows}
+
+
+def eval_overlap(name: str, task: dict, datasets_dir: str | Path, rows: list[dict]) -> list[int]:
+    """Train-role row numbers of `rows` whose normalised text is also an eval text (to be dropped)."""
+    texts = eval_texts(name, task, datasets_dir, rows)
+    return [i for i in role_candidates(name, task, len(rows), "train") if normalise(rows[i]["text"]) in texts]
+
+
 def materialize_split(name: str, task: dict, datasets_dir: str | Path, role: str, out_path: str | Path,
                       request: dict | None = None) -> dict:
-    """Write the validated, subsampled split as {index, text, label} lines; return its meta."""
+    """Write the validated, subsampled split as {index, text, label} lines; return its meta. The train
+    role needs `task["splits"]["eval"]` too: rows whose text is an eval text are dropped first."""
     rows, origin = load_rows(name, task, datasets_dir, role)
-    keep = role_rows(name, task, len(rows), role)
+    overlap = eval_overlap(name, task, datasets_dir, rows) if role == "train" else []
+    keep = role_rows(name, task, len(rows), role, exclude=overlap)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp")
@@ -197,6 +240,10 @@ def materialize_split(name: str, task: dict, datasets_dir: str | Path, role: str
     tmp.replace(out_path)
     meta = {"task": name, "role": role, "split": task["splits"][role], "origin": origin,
             "rows": len(keep), "source_rows": len(rows), "content_sha256": file_sha256(out_path)}
+    if role == "train":
+        # Dropped before the subsample, so the split keeps its size; counted among the source rows.
+        meta["eval_overlap_dropped"] = len(overlap)
+        meta["eval_overlap_rule"] = "text equal to an eval text after lower-casing and collapsing whitespace"
     if "holdout" in task:
         meta["holdout"] = task["holdout"]
     if request is not None:
@@ -217,4 +264,71 @@ def read_split(split_path: str | Path) -> tuple[list[dict], dict]:
 
 def prompt_spec(task: dict) -> dict:
     """The parts of a task that decide what models see (part of every downstream fingerprint)."""
-    return {k: task[k] for k in ("label_names", "verbalizers", "prompts")}
+    return {k: task[k] for k in ("label_names", "verbalizers", "prompts", "max_tokens") if k in task}
+
+
+# --- how much of a text a model reads -------------------------------------------------------------
+
+def token_budget(tokenizer, max_tokens: int, max_positions: int | None, frame: str | list[int] = "",
+                 slots: int = 1, extra: int = 0, where: str = "") -> int:
+    """Tokens of one input text a model job reads: `max_tokens` (tasks.<t>.max_tokens), bounded so that
+    `slots` texts inside `frame` (the job's prompt with empty texts, specials included) plus `extra`
+    tokens (verbalizer, generated tokens) fit the model's `max_positions`. `frame` may be token ids."""
+    budget = max_tokens
+    if max_positions:
+        frame_tokens = len(frame if isinstance(frame, list) else tokenizer(frame, add_special_tokens=True)["input_ids"])
+        budget = min(budget, (max_positions - frame_tokens - extra) // slots)
+        if budget < 1:
+            raise DataError(f"{where or 'prompt'}: the prompt around the text ({frame_tokens} tokens, +{extra}) "
+                            f"leaves no room for it within the model's {max_positions} positions")
+    return budget
+
+
+def truncate_text(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
+    """The longest prefix of `text` the tokenizer reads as at most `max_tokens` tokens (no specials),
+    and whether it was cut. Cut on a token boundary of the original string (offsets), never inside
+    a character."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+    ids = encoded["input_ids"]
+    if len(ids) <= max_tokens:
+        return text, False
+    if tokenizer.is_fast:
+        cut = text[:encoded["offset_mapping"][max_tokens - 1][1]]
+    else:
+        cut = tokenizer.decode(ids[:max_tokens])
+    # Tokens can merge differently at the new end: shorten until the prefix fits.
+    while cut and len(tokenizer(cut, add_special_tokens=False)["input_ids"]) > max_tokens:
+        cut = cut[:-1]
+    return cut, True
+
+
+def fit_texts(tokenizer, examples: list[dict], max_tokens: int) -> tuple[list[dict], int]:
+    """The examples with each text cut to `max_tokens` tokens (`truncate_text`), and how many were cut."""
+    if not examples:
+        return [], 0
+    lengths = [len(ids) for ids in tokenizer([e["text"] for e in examples], add_special_tokens=False)["input_ids"]]
+    out, cut = [], 0
+    for example, length in zip(examples, lengths):
+        if length > max_tokens:
+            example = dict(example, text=truncate_text(tokenizer, example["text"], max_tokens)[0])
+            cut += 1
+        out.append(example)
+    return out, cut
+
+
+def fit_examples(task: dict, tokenizer, model_config, examples: list[dict], frame: str | list[int] = "", slots: int = 1,
+                 extra: int = 0, where: str = "tasks.<task>.max_tokens") -> tuple[list[dict], int]:
+    """What every model job reading task texts calls: the examples cut to the job's token budget
+    (`token_budget` with the task's max_tokens and the model's positions), and how many were cut."""
+    budget = token_budget(tokenizer, max_tokens(task), max_positions(model_config), frame, slots, extra,
+                          where=where)
+    return fit_texts(tokenizer, examples, budget)
+
+
+def max_tokens(task: dict) -> int:
+    return task.get("max_tokens", DEFAULT_MAX_TOKENS)
+
+
+def max_positions(model_config) -> int | None:
+    """The positions a model reads (None when its config does not say)."""
+    return getattr(model_config, "max_position_embeddings", None)

@@ -69,8 +69,13 @@ def task_source_spec(task, role):
             "label_names", "holdout", "subsample_seed")
     source = {key: task[key] for key in keep if key in task}
     source_file = mirror_path(task, config["paths"]["datasets"], role)
-    return dict(source, splits={role: task["splits"][role]}, subsample={role: task["subsample"][role]},
-                source_sha256=source_sha256(str(source_file)))
+    request = dict(source, splits={role: task["splits"][role]}, subsample={role: task["subsample"][role]},
+                   source_sha256=source_sha256(str(source_file)))
+    if role == "train":  # train rows that are eval texts are dropped: the eval split decides them too
+        request["splits"] = dict(task["splits"])
+        if "holdout" not in task:
+            request["eval_source_sha256"] = source_sha256(str(mirror_path(task, config["paths"]["datasets"], "eval")))
+    return request
 
 
 @functools.cache
@@ -80,8 +85,10 @@ def source_sha256(path):
 
 
 def mirror_input(wildcards):
-    path = mirror_path(config["tasks"][wildcards.task], config["paths"]["datasets"], task_role(wildcards))
-    return [str(path)] if path.exists() else []
+    """The role's mirror file, and for the train role the eval file too (its texts are dropped from train)."""
+    task, role = config["tasks"][wildcards.task], task_role(wildcards)
+    paths = {mirror_path(task, config["paths"]["datasets"], r) for r in (["train", "eval"] if role == "train" else [role])}
+    return sorted(str(path) for path in paths if path.exists())
 
 
 def model_request(alias):
@@ -97,6 +104,7 @@ def extract_request(sender, task, role):
     ex = config["extract"]
     return {"model": model_request(sender), "task": task_request(task, role), "runtime": runtime(),
             "sender_prompt": config["tasks"][task]["prompts"]["sender"],
+            "max_tokens": config["tasks"][task]["max_tokens"],
             "extract": {"layers": study_plan.extract_layers(config, sender, task),
                         **{k: ex[k] for k in ("storage_dtype", "kv_cache")}}}
 
