@@ -1,10 +1,13 @@
 rule collect_results:
     """All tidy result files of the study in one table (one row per run x metric)."""
     input:
-        study_results(),
+        ancient(study_results()),  # their requests are in params (results_request)
     output:
         table="results/results.csv",
         metrics="results/metrics.json",
+    params:
+        results=lambda w: results_request(),
+        code=code("collect"),
     log:
         "logs/collect_results.log",
     shell:
@@ -14,13 +17,15 @@ rule collect_results:
 rule report:
     """One table from the tidy results; the function in report.py is named after the output."""
     input:
-        "results/results.csv",
+        ancient("results/results.csv"),  # what decides it is in params (results_request)
     output:
         multiext("figures/{name}", ".md", ".tex"),
     wildcard_constraints:
         name="table[0-9]*_[a-z0-9_]+",
     params:
         spec=lambda w: spec(study=STUDY),
+        results=lambda w: results_request(),
+        code=code("report") + code("collect"),
     log:
         "logs/report/{name}.log",
     shell:
@@ -30,13 +35,15 @@ rule report:
 
 rule plot:
     input:
-        "results/results.csv",
+        ancient("results/results.csv"),  # what decides it is in params (results_request)
     output:
         "figures/{name}.png",
     wildcard_constraints:
         name="fig[0-9]*_[a-z0-9_]+",
     params:
         spec=lambda w: spec(study=STUDY),
+        results=lambda w: results_request(),
+        code=code("report") + code("collect"),
     log:
         "logs/plot/{name}.log",
     shell:
@@ -47,11 +54,13 @@ rule plot:
 rule figures_readme:
     """figures/README.md: every output with the config fingerprint and the commit that produced it."""
     input:
-        [f for f in study_plan.study_figures(config)],
+        ancient([f for f in study_plan.study_figures(config)]),  # what decides them is in params
     output:
         "figures/README.md",
     params:
         spec=lambda w: spec(config_fingerprint=config_fingerprint()),
+        results=lambda w: results_request(),
+        code=code("figures-readme") + code("report") + code("soft-token-neighbours"),
     log:
         "logs/report/README.log",
     shell:

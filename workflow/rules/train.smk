@@ -17,6 +17,7 @@ rule train_bridge:
         store=store_dir("train"),
         eval_store=store_dir("eval"),
         spec=lambda w: spec(**bridge_request(w), evaluate=evaluate_request(store=extract_request(w.sender, w.task, "eval"))),
+        code=code("train-bridge"),
     log:
         "logs/train_bridge/{bridge}/{sender}/{receiver}/{task}/seed{seed}.log",
     benchmark:
@@ -40,6 +41,7 @@ rule train_prompt_tuning:
         result="results/prompt_tuning/{receiver}/{task}/seed{seed}.csv",
     params:
         spec=lambda w: spec(**prompt_tuning_request(w), evaluate=evaluate_request(data=task_request(w.task, "eval"))),
+        code=code("train-prompt-tuning"),
     log:
         "logs/train_prompt_tuning/{receiver}/{task}/seed{seed}.log",
     benchmark:
