@@ -22,11 +22,15 @@ from .tasks import read_split
 
 
 def extraction_fingerprint(model_fp: str, task_sha: str, sender_prompt: str, layers, storage_dtype: str,
-                           compute_dtype: str, kv_cache: bool = False) -> str:
+                           compute_dtype: str, kv_cache: bool = False, code: str = "") -> str:
+    """`code`: the hash of the extraction code (the workflow's `code` param), so edited code never reuses
+    or resumes a store written by the old one."""
     content = {"model": model_fp, "task": task_sha, "prompt": sender_prompt, "layers": sorted(layers),
                "storage": storage_dtype, "compute": compute_dtype, "format": STORE_FORMAT_VERSION}
     if kv_cache:
         content["kv_cache"] = True
+    if code:
+        content["code"] = code
     return fingerprint(content)
 
 
@@ -109,7 +113,7 @@ def store_covers(path: Path, fingerprint_request: dict) -> bool:
 
 def extract(model_dir: str | Path, split_path: str | Path, out_path: str | Path, *, sender_prompt: str,
             layers: list[int], storage_dtype: str, batch_size: int, device, dtype, kv_cache: bool = False,
-            shard_tokens: int = 65536, chunk_tokens: int = 1024, model_alias: str = "") -> Path:
+            shard_tokens: int = 65536, chunk_tokens: int = 1024, model_alias: str = "", code: str = "") -> Path:
     out_path = Path(out_path)
     rows, task_meta = read_split(split_path)
     model_meta = zoo.read_manifest(model_dir)
@@ -118,6 +122,8 @@ def extract(model_dir: str | Path, split_path: str | Path, out_path: str | Path,
     request = {"model_fingerprint": model_meta["fingerprint"], "task_sha256": task_meta["content_sha256"],
                "sender_prompt": sender_prompt, "storage_dtype": storage_dtype, "compute_dtype": compute,
                "format_version": STORE_FORMAT_VERSION, "layers": layers, "kv_cache": kv_cache}
+    if code:
+        request["code"] = code
     if store_covers(out_path, request):
         print(f"{out_path}: an intact store already holds this request; nothing to extract")
         return out_path
@@ -143,7 +149,7 @@ def _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_si
             for key in kv_keys(layer):
                 arrays[key] = ((kv["num_kv_heads"], kv["head_dim"]), storage)
     key = extraction_fingerprint(request["model_fingerprint"], request["task_sha256"], sender_prompt, layers,
-                                 storage, request["compute_dtype"], kv_cache)
+                                 storage, request["compute_dtype"], kv_cache, request.get("code", ""))
     writer = StoreWriter(out_path, key=key, lengths=[len(token_ids[i]) for i in order],
                          labels=[rows[i]["label"] for i in order], example_index=order, arrays=arrays,
                          shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)

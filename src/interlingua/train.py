@@ -165,8 +165,10 @@ def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge
         return bridge(states, mask)
 
     receiver_fp = zoo.read_manifest(receiver_dir)["fingerprint"]
+    # The resume key and the result's fingerprint: everything that decides the trained weights.
     run_fp = fingerprint({"store": store.manifest["fingerprint"], "bridge": bridge_spec, "train": train,
-                          "seed": seed, "task": task["prompts"], "receiver": receiver_fp})
+                          "seed": seed, "task": task["prompts"], "verbalizers": task["verbalizers"],
+                          "receiver": receiver_fp})
     started = time.perf_counter()
     log = []  # a fixed, non-learned bridge (identity) is calibrated, not trained
     if is_trainable(bridge):
@@ -175,10 +177,18 @@ def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge
                   resume_path=resume_path_for(Path(out_path)), run_key=run_fp)
     payload = {"kind": "bridge", "type": bridge_spec["type"], "config": dataclasses.asdict(config),
                "state_dict": bridge.state_dict(), "store_fingerprint": store.manifest["fingerprint"],
-               "receiver": receiver_fp, "seed": seed, "seconds": time.perf_counter() - started,
-               "fingerprint": run_fp}
+               "sender": sender_identity(store.manifest), "receiver": receiver_fp,
+               "verbalizers": list(task["verbalizers"]), "seed": seed,
+               "seconds": time.perf_counter() - started, "fingerprint": run_fp}
     _save(Path(out_path), payload, log)
     return Path(out_path)
+
+
+def sender_identity(manifest: dict) -> dict:
+    """What a bridge's input depends on, from a store manifest: the same for the train and eval stores
+    of one sender, task and prompt (evaluate_bridge checks it)."""
+    return {key: manifest.get(key) for key in ("model_fingerprint", "sender_prompt", "task", "storage_dtype",
+                                               "compute_dtype", "code")}
 
 
 def load_bridge(path, device):
@@ -212,7 +222,8 @@ def train_prompt_tuning(split_path, receiver_dir, out_path, *, task: dict, train
     def soft_tokens(batch_rows):
         return prompt(indices).unsqueeze(0).expand(len(batch_rows), -1, -1)
 
-    run_fp = fingerprint({"task": meta["content_sha256"], "prompts": task["prompts"], "train": train,
+    run_fp = fingerprint({"task": meta["content_sha256"], "prompts": task["prompts"],
+                          "verbalizers": task["verbalizers"], "train": train,
                           "prompt_tuning": prompt_tuning, "seed": seed,
                           "receiver": zoo.read_manifest(receiver_dir)["fingerprint"]})
     started = time.perf_counter()

@@ -9,6 +9,9 @@ rule train_bridge:
     input:
         store=lambda w: store_input(w.sender, w.task, "train"),
         eval_store=lambda w: store_input(w.sender, w.task, "eval"),
+        # the splits the stores hold: their content hashes are checked against the stores'
+        split=lambda w: task_input(w.task, "train"),
+        eval_split=lambda w: task_input(w.task, "eval"),
         receiver=lambda w: model_input(w.receiver),
     output:
         checkpoint="data/checkpoints/{bridge}/{sender}/{receiver}/{task}/seed{seed}.pt",
@@ -26,7 +29,8 @@ rule train_bridge:
         "{CLI} train-bridge --bridge {wildcards.bridge} --store {params.store} --receiver-dir {input.receiver} "
         "--seed {wildcards.seed} --spec {params.spec:q} --threads {threads} --out {output.checkpoint} "
         "--task {wildcards.task} --sender {wildcards.sender} --receiver {wildcards.receiver} "
-        "--eval-store {params.eval_store} --eval-out {output.result} > {log} 2>&1"
+        "--eval-store {params.eval_store} --eval-out {output.result} --split {input.split} "
+        "--eval-split {input.eval_split} > {log} 2>&1"
 
 
 rule train_prompt_tuning:
