@@ -222,3 +222,22 @@ def command_sources(command: str, root: Path = PACKAGE_DIR) -> dict[str, str]:
 def code_hash(command: str, root: Path = PACKAGE_DIR) -> str:
     """One short hash of everything `command_sources` lists: a job's `code` param."""
     return fingerprint(command_sources(command, Path(root)))
+
+
+# What builds the DAG: every DVC stage runs Snakemake, which imports these to plan its jobs.
+DAG_MODULES = ("config.py", "study.py", "sources.py", "fingerprint.py", "tasks.py", "zoo.py", "errors.py",
+               "schemas/config.schema.yaml")
+
+
+def module_files(commands_: list[str], root: Path = PACKAGE_DIR) -> list[str]:
+    """Package files (relative to the package) that the given commands run or the DAG is built from: the
+    code deps of a DVC stage running those commands (cli.py counts whole: DVC hashes files)."""
+    root = Path(root)
+    files = set(DAG_MODULES) | {"cli.py", "__init__.py", "__main__.py"}
+    for command in commands_:
+        files |= {name.split(":")[0] for name in command_sources(command, root)}
+    for package in sorted({f.rsplit("/", 1)[0] for f in files if "/" in f and f.endswith(".py")}):
+        every = {p.relative_to(root).as_posix() for p in (root / package).glob("*.py")}
+        if every <= files:  # a whole subpackage (the bridges): one directory dep
+            files = (files - every) | {package}
+    return sorted(files)
