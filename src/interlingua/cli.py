@@ -76,7 +76,7 @@ def cmd_train_bridge(args):
     with shared_frozen_models():
         train_bridge(args.store, args.receiver_dir, args.out, bridge_name=args.bridge, bridge_spec=spec["bridge"],
                      task=spec["task"], train=spec["train"], seed=args.seed, device=device, dtype=dtype,
-                     store_request=with_split(spec.get("store"), args.split))
+                     store_request=with_split(spec.get("store"), args.split), code=spec.get("code", ""))
         if evaluation is not None:
             from .evaluate import evaluate_bridge
             evaluate_bridge(args.eval_store, args.receiver_dir, args.out, args.eval_out, task_name=args.task,
@@ -92,7 +92,8 @@ def cmd_train_prompt_tuning(args):
     evaluation = _evaluation(args, spec, **{"--eval-split": args.eval_split})
     with shared_frozen_models():
         train_prompt_tuning(args.split, args.receiver_dir, args.out, task=spec["task"], train=spec["train"],
-                            prompt_tuning=spec["prompt_tuning"], seed=args.seed, device=device, dtype=dtype)
+                            prompt_tuning=spec["prompt_tuning"], seed=args.seed, device=device, dtype=dtype,
+                            code=spec.get("code", ""))
         if evaluation is not None:
             from .evaluate import evaluate_prompt_tuning
             evaluate_prompt_tuning(args.eval_split, args.receiver_dir, args.out, args.eval_out,
