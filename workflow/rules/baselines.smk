@@ -82,8 +82,8 @@ rule eval_relay:
     """The receiver classifies from the sender's relay text, after relay.shots training demonstrations
     (drawn per seed as for the k-shot baseline; 0 = zero-shot)."""
     input:
-        # ancient: the relay file's request (and code) is in this job's params (relay_eval_request)
-        relay=ancient(rules.generate_relay.output[0]),
+        # ancient() unless rewritten now (unless_rerun): its request (and code) is in params (relay_eval_request)
+        relay=lambda w: unless_rerun(f"data/relay/{w.mode}/{w.sender}/{w.task}.jsonl", spec(**relay_request(w))),
         train=lambda w: task_input(w.task, "train"),
         split=lambda w: task_input(w.task, "eval"),
         receiver=lambda w: model_input(w.receiver),
@@ -124,8 +124,9 @@ rule eval_finetune:
     input:
         split=lambda w: task_input(w.task, "eval"),
         receiver=lambda w: model_input(w.receiver),
-        # ancient: the checkpoint's request (and code) is in this job's params (finetune_request)
-        checkpoint=ancient(rules.train_finetune.output.checkpoint),
+        # ancient() unless rewritten now (unless_rerun): its request (and code) is in params (finetune_request)
+        checkpoint=lambda w: unless_rerun(
+            f"data/checkpoints/finetune/{w.method}/{w.receiver}/{w.task}/seed{w.seed}.pt", spec(**finetune_request(w))),
     output:
         "results/finetune/{method}/{receiver}/{task}/seed{seed}.csv",
     params:

@@ -26,10 +26,12 @@ ALIAS = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 # `dvc pull` must not make anything look stale; Snakemake 9 compares input and output times whatever
 # --rerun-triggers says). Each job's params carry everything upstream that decides its inputs (model
 # files, data hashes, extraction and training requests) and the hash of the package code it runs
-# (`code`, see code()); every input produced by the workflow is an ancient() input, so its timestamp
-# cannot trigger anything: a changed upstream request changes the params of every job downstream.
-# A model, task split or store is ancient() only while its receipt records the current request,
-# so an upstream job rerun for another reason (its output deleted) still reruns its users.
+# (`code`, see code()); every input produced by the workflow is ancient() while it is current, so its
+# timestamp cannot trigger anything. Current: a model, task split or store whose receipt records the
+# current request (unless_stale); any other file whose writer's recorded params are today's or, on a
+# fresh clone after `dvc pull`, not recorded (unless_rerun). A file about to be rewritten is a plain
+# input, so its readers rerun in the same invocation (Snakemake does not check the params of jobs
+# downstream of a rerun, and would skip them behind an ancient input).
 
 
 wildcard_constraints:
@@ -220,20 +222,38 @@ def study_results():
     return study_plan.study_results(config)
 
 
+def unless_rerun(path, producer_spec):
+    """ancient(path) unless Snakemake's record of the job that wrote `path` holds another spec than
+    `producer_spec` (that job reruns now, so its readers must too: Snakemake does not check the params of
+    jobs downstream of a rerun, and would skip them behind an ancient input). Without a record (a fresh
+    clone after `dvc pull`) the file is taken as pulled: the readers' params say what it must be."""
+    from snakemake.io import IOFile
+
+    try:
+        recorded = workflow.persistence.params(IOFile(path))
+    except Exception:  # no persistence (e.g. --lint): as without a record
+        recorded = None
+    return path if recorded and repr(producer_spec) not in recorded else ancient(path)
+
+
+def producer_params(path):
+    """{name: value} of the params of the job that writes `path` (the rule whose output matches it)."""
+    from snakemake.iocontainers import Wildcards
+
+    producer = next((r for r in workflow.rules if not r.norun and r.is_producer(path)), None)
+    if producer is None:
+        raise WorkflowError(f"no rule writes {path}")
+    w = Wildcards(fromdict=producer.get_wildcards(path))
+    return {name: (value(w) if callable(value) else str(value)) for name, value in producer.params.items()}
+
+
+def result_inputs():
+    return [unless_rerun(path, producer_params(path)["spec"]) for path in study_results()]
+
+
 @functools.cache
 def results_request():
     """What decides results/results.csv: a fingerprint of the params (requests and code) of the job that
     writes each result file of the study. Reports read results.csv as an ancient() input and carry this,
     so a result whose request changed reruns them, and a `dvc pull` (new timestamps) does not."""
-    from snakemake.iocontainers import Wildcards
-
-    rules_ = list(workflow.rules)
-    requests = {}
-    for path in study_results():
-        producer = next((r for r in rules_ if not r.norun and r.is_producer(path)), None)
-        if producer is None:
-            raise WorkflowError(f"no rule writes {path}")
-        w = Wildcards(fromdict=producer.get_wildcards(path))
-        requests[path] = {name: (value(w) if callable(value) else str(value))
-                          for name, value in producer.params.items()}
-    return fingerprint(requests)
+    return fingerprint({path: producer_params(path) for path in study_results()})

@@ -1,12 +1,12 @@
 rule collect_results:
     """All tidy result files of the study in one table (one row per run x metric)."""
     input:
-        ancient(study_results()),  # their requests are in params (results_request)
+        lambda w: result_inputs(),  # ancient() unless rewritten now; their requests are in params
     output:
         table="results/results.csv",
         metrics="results/metrics.json",
     params:
-        results=lambda w: results_request(),
+        spec=lambda w: results_request(),
         code=code("collect"),
     log:
         "logs/collect_results.log",
@@ -17,7 +17,7 @@ rule collect_results:
 rule report:
     """One table from the tidy results; the function in report.py is named after the output."""
     input:
-        ancient("results/results.csv"),  # what decides it is in params (results_request)
+        lambda w: unless_rerun("results/results.csv", results_request()),  # what decides it is in params
     output:
         multiext("figures/{name}", ".md", ".tex"),
     wildcard_constraints:
@@ -35,7 +35,7 @@ rule report:
 
 rule plot:
     input:
-        ancient("results/results.csv"),  # what decides it is in params (results_request)
+        lambda w: unless_rerun("results/results.csv", results_request()),  # what decides it is in params
     output:
         "figures/{name}.png",
     wildcard_constraints:

@@ -41,8 +41,8 @@ rule measure_speed:
         train_split=lambda w: task_input(w.task, "train"),
         sender=lambda w: model_input(w.sender),
         receiver=lambda w: model_input(w.receiver),
-        # ancient: the checkpoint's request (and code) is in this job's params (bridge_run)
-        bridge=ancient(first_bridge_checkpoint),
+        # ancient() unless rewritten now (unless_rerun): its request (and code) is in params (bridge_run)
+        bridge=lambda w: unless_rerun(first_bridge_checkpoint(w), bridge_spec(main_bridge_run(w.sender, w.receiver, w.task))),
     output:
         "results/speed/{kind}/{sender}/{receiver}/{task}.csv",
     wildcard_constraints:
@@ -66,7 +66,8 @@ rule soft_token_neighbours:
         store=lambda w: store_input(NEIGHBOURS.sender, NEIGHBOURS.task, "eval"),
         split=lambda w: task_input(NEIGHBOURS.task, "eval"),
         receiver=lambda w: model_input(NEIGHBOURS.receiver),
-        bridge=lambda w: ancient(first_bridge_checkpoint(NEIGHBOURS)),  # its request is in params (bridge_run)
+        bridge=lambda w: unless_rerun(first_bridge_checkpoint(NEIGHBOURS), bridge_spec(main_bridge_run(
+            NEIGHBOURS.sender, NEIGHBOURS.receiver, NEIGHBOURS.task))),  # its request is in params (bridge_run)
     output:
         multiext("figures/soft_token_neighbours", ".md", ".png"),
     params:

@@ -3,6 +3,10 @@
 # eval-prompt-tuning evaluate an existing checkpoint on their own.
 
 
+def bridge_spec(w):
+    return spec(**bridge_request(w), evaluate=evaluate_request(store=extract_request(w.sender, w.task, "eval")))
+
+
 rule train_bridge:
     """Fit a bridge from cached sender states into the frozen receiver (the sender is not loaded), then
     its accuracy on the eval split, with shuffled-source and zero-source controls."""
@@ -19,7 +23,7 @@ rule train_bridge:
     params:
         store=store_dir("train"),
         eval_store=store_dir("eval"),
-        spec=lambda w: spec(**bridge_request(w), evaluate=evaluate_request(store=extract_request(w.sender, w.task, "eval"))),
+        spec=lambda w: bridge_spec(w),
         code=code("train-bridge"),
     log:
         "logs/train_bridge/{bridge}/{sender}/{receiver}/{task}/seed{seed}.log",
