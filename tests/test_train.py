@@ -19,6 +19,16 @@ def toy_store(tiny_models, sst2_like_task, toy_mirror, tmp_path):
                    storage_dtype="bfloat16", batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
 
 
+@pytest.fixture
+def toy_eval_store(tiny_models, sst2_like_task, toy_mirror, tmp_path):
+    """The eval split's store, separate from the training store (same sender, prompt and layer)."""
+    split = tmp_path / "validation.jsonl"
+    materialize_split("toy", sst2_like_task, toy_mirror, "eval", split)
+    return extract(tiny_models["sender"], split, tmp_path / "validation.zarr", sender_prompt="Review: {text}",
+                   layers=[2], storage_dtype="bfloat16", batch_size=4, device=torch.device("cpu"),
+                   dtype=torch.float32)
+
+
 def run(store, tiny_models, task, out):
     return train_bridge(store, tiny_models["receiver"], out, bridge_name="p", bridge_spec=BRIDGE, task=task,
                         train=TRAIN, seed=3, device=torch.device("cpu"), dtype=torch.float32)
@@ -74,7 +84,7 @@ def test_training_refuses_a_store_extracted_for_another_request(toy_store, tiny_
 
 
 def test_train_bridge_command_evaluates_in_the_same_process_as_eval_bridge_would(
-        toy_store, tiny_models, sst2_like_task, tmp_path, monkeypatch):
+        toy_store, toy_eval_store, tiny_models, sst2_like_task, tmp_path, monkeypatch):
     """`train-bridge --eval-out` writes the same rows as a separate `eval-bridge` on its checkpoint,
     and loads the frozen receiver once for both."""
     import json
@@ -94,11 +104,11 @@ def test_train_bridge_command_evaluates_in_the_same_process_as_eval_bridge_would
     common = ["--spec", spec, "--receiver-dir", str(tiny_models["receiver"]), "--task", "toy", "--sender", "s",
               "--receiver", "r", "--bridge", "perceiver"]
     assert main(["train-bridge", *common, "--store", str(toy_store), "--seed", "1", "--out", str(tmp_path / "b.pt"),
-                 "--eval-store", str(toy_store), "--eval-out", str(tmp_path / "merged.csv")]) == 0
+                 "--eval-store", str(toy_eval_store), "--eval-out", str(tmp_path / "merged.csv")]) == 0
     assert len(loads) == 1
     eval_spec = json.dumps({"runtime": {"device": "cpu", "dtype": "float32"}, "task": task, "batch_size": 3})
     common[1] = eval_spec
-    assert main(["eval-bridge", *common, "--store", str(toy_store), "--checkpoint", str(tmp_path / "b.pt"),
+    assert main(["eval-bridge", *common, "--store", str(toy_eval_store), "--checkpoint", str(tmp_path / "b.pt"),
                  "--out", str(tmp_path / "separate.csv")]) == 0
     merged, separate = (pd.read_csv(tmp_path / f"{name}.csv") for name in ("merged", "separate"))
     columns = ["variant", "metric", "value", "n", "fingerprint"]
@@ -153,7 +163,7 @@ def test_input_free_fit_takes_the_same_steps_as_the_whole_batch(tiny_models, sst
 
 
 def test_bridge_evaluation_reading_distinct_soft_tokens_once_matches_reading_every_row(
-        toy_store, tiny_models, sst2_like_task, tmp_path):
+        toy_store, toy_eval_store, tiny_models, sst2_like_task, tmp_path):
     import pandas as pd
 
     from interlingua import zoo
@@ -163,10 +173,10 @@ def test_bridge_evaluation_reading_distinct_soft_tokens_once_matches_reading_eve
 
     cpu = torch.device("cpu")
     checkpoint = run(toy_store, tiny_models, sst2_like_task, tmp_path / "e.pt")
-    frame = pd.read_csv(evaluate_bridge(toy_store, tiny_models["receiver"], checkpoint, tmp_path / "e.csv",
+    frame = pd.read_csv(evaluate_bridge(toy_eval_store, tiny_models["receiver"], checkpoint, tmp_path / "e.csv",
                                         task_name="toy", task=sst2_like_task, sender="s", receiver_alias="r",
                                         bridge_name="p", batch_size=5, device=cpu, dtype=torch.float32))
-    store, (bridge, payload) = ActivationStore(toy_store), load_bridge(checkpoint, cpu)
+    store, (bridge, payload) = ActivationStore(toy_eval_store), load_bridge(checkpoint, cpu)
     receiver = Receiver(zoo.load_model(tiny_models["receiver"], cpu, torch.float32),
                         zoo.load_tokenizer(tiny_models["receiver"]), sst2_like_task["verbalizers"])
     sources = {"": torch.arange(len(store)), "shuffled_source": derangement(len(store), payload["seed"]),
@@ -179,3 +189,116 @@ def test_bridge_evaluation_reading_distinct_soft_tokens_once_matches_reading_eve
         every_row = predict(receiver, prompts, len(store), 5, "every row")
         reported = frame[(frame.variant.fillna("") == variant) & (frame.metric == "accuracy")].value.item()
         assert reported == pytest.approx((every_row == store.labels).float().mean().item())
+
+
+# -- identity checks: what a checkpoint and a store were made from ------------------------------------------
+def test_resume_key_and_fingerprint_cover_the_verbalizers(toy_store, tiny_models, sst2_like_task, tmp_path):
+    """Other label words train other weights: a killed run must not resume under new verbalizers."""
+    other = dict(sst2_like_task, verbalizers=[" bad", " good"])
+    first = torch.load(run(toy_store, tiny_models, sst2_like_task, tmp_path / "a.pt"), weights_only=False)
+    second = torch.load(run(toy_store, tiny_models, other, tmp_path / "b.pt"), weights_only=False)
+    assert first["fingerprint"] != second["fingerprint"]
+    assert second["verbalizers"] == [" bad", " good"]
+
+
+def test_store_check_compares_the_model_and_the_task_data(toy_store, tiny_models, sst2_like_task, tmp_path):
+    from interlingua import zoo
+    from interlingua.errors import DataError
+    from interlingua.store import with_split
+
+    sender = zoo.read_manifest(tiny_models["sender"])["source"]
+    receiver = zoo.read_manifest(tiny_models["receiver"])["source"]
+    split = tmp_path / "train.jsonl"
+    ActivationStore(toy_store, request=with_split({"model": sender, "sender_prompt": "Review: {text}"}, split))
+    with pytest.raises(DataError, match=r"extracted for another request \(model: fingerprint"):
+        ActivationStore(toy_store, request={"model": receiver})
+    with pytest.raises(DataError, match=r"task data: split content"):
+        ActivationStore(toy_store, request={"task_sha256": "0" * 64})
+    with pytest.raises(DataError, match=r"extraction code: c2 asked"):
+        ActivationStore(toy_store, request={"code": "c2"})
+
+
+def test_evaluation_refuses_a_checkpoint_of_another_receiver_or_sender_store(
+        toy_store, toy_eval_store, tiny_models, sst2_like_task, tmp_path):
+    from interlingua.errors import DataError
+    from interlingua.evaluate import evaluate_bridge
+
+    checkpoint = run(toy_store, tiny_models, sst2_like_task, tmp_path / "a.pt")
+    evaluate = dict(out_path=tmp_path / "r.csv", task_name="toy", sender="s", receiver_alias="r", bridge_name="p",
+                    batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    with pytest.raises(DataError, match=r"receiver: trained for fingerprint \w+, given 'sender'"):
+        evaluate_bridge(toy_eval_store, tiny_models["sender"], checkpoint, task=sst2_like_task, **evaluate)
+    other_prompt = extract(tiny_models["sender"], tmp_path / "train.jsonl", tmp_path / "other.zarr",
+                           sender_prompt="Text: {text}", layers=[1, 3], storage_dtype="bfloat16", batch_size=4,
+                           device=torch.device("cpu"), dtype=torch.float32)
+    with pytest.raises(DataError) as error:
+        evaluate_bridge(other_prompt, tiny_models["receiver"], checkpoint, task=sst2_like_task, **evaluate)
+    assert "sender prompt: trained on 'Review: {text}', eval store has 'Text: {text}'" in str(error.value)
+    assert "source layer: the bridge reads layer 2, the eval store has [1, 3]" in str(error.value)
+    with pytest.raises(DataError, match=r"verbalizers: trained with \[' negative', ' positive'\]"):
+        evaluate_bridge(toy_eval_store, tiny_models["receiver"], checkpoint,
+                        task=dict(sst2_like_task, verbalizers=[" no", " yes"]), **evaluate)
+    assert not (tmp_path / "r.csv").exists()
+
+
+# -- a known answer through evaluate_bridge -----------------------------------------------------------------
+def signal_store(path, labels, signals, width):
+    """A store whose row i ends with a token state pointing at class signals[i] (5 x one-hot)."""
+    from interlingua.extract import extraction_fingerprint
+    from interlingua.store import StoreWriter
+
+    n = len(labels)
+    writer = StoreWriter(path, key="known", lengths=[2] * n, labels=labels, example_index=list(range(n)),
+                         arrays={"token_ids": ((), "int32"), "hidden/layer_1": ((width,), "float32")})
+    for row, signal in enumerate(signals):
+        states = torch.zeros(2, width)
+        states[0, -1] = 1.0                   # the first token points nowhere; the bridge reads the last
+        states[1, signal] = 5.0
+        writer.add(row, {"token_ids": torch.tensor([1, 2], dtype=torch.int32).numpy(), "hidden/layer_1": states})
+    identity = {"model_fingerprint": "m", "task_sha256": "t", "sender_prompt": "{text}", "layers": [1],
+                "storage_dtype": "float32", "compute_dtype": "float32"}
+    fp = extraction_fingerprint("m", "t", "{text}", [1], "float32", "float32")
+    return writer.finish(dict(identity, task="toy", hidden_size=width, fingerprint=fp))
+
+
+class ScoresFromSoftTokens:
+    """A receiver whose class scores are the first C coordinates of the last soft token: known answers."""
+
+    def __init__(self, classes):
+        self.classes = classes
+
+    def soft_prompt(self, soft, instruction):
+        return soft
+
+    def class_scores(self, soft):
+        return soft[:, -1, :self.classes]
+
+
+def test_bridge_accuracy_and_controls_are_the_known_answer(tiny_models, tmp_path, monkeypatch):
+    """Identity bridge (M = 1) over states that point at a class; the receiver scores that pointer.
+    Row 4 points at the wrong class: accuracy 4/5. Labels are distinct, so every other example's states
+    (the shuffled-source control, a derangement) point at a wrong class: 0. All-zero states score every
+    class alike, so class 0 wins: 1/5 (one row is class 0). No learned parameters: 0."""
+    import pandas as pd
+
+    from interlingua import evaluate
+
+    width = zoo_width = 48  # the tiny receiver's embedding size: the identity bridge needs no projection
+    labels, signals = [0, 1, 2, 3, 4], [0, 1, 2, 3, 0]
+    train, held_out = (signal_store(tmp_path / f"{name}.zarr", labels, signals, width) for name in ("t", "e"))
+    task = {"label_names": list("abcde"), "verbalizers": [" a", " b", " c", " d", " e"],
+            "prompts": {"instruction": "{soft_tokens}"}}
+    checkpoint = train_bridge(train, tiny_models["receiver"], tmp_path / "id.pt", bridge_name="identity",
+                              bridge_spec={"type": "identity", "source_layer": 1, "num_queries": 1}, task=task,
+                              train=TRAIN, seed=0, device=torch.device("cpu"), dtype=torch.float32)
+    assert zoo_width == torch.load(checkpoint, weights_only=False)["config"]["receiver_dim"]
+    monkeypatch.setattr(evaluate, "_receiver", lambda *args: ScoresFromSoftTokens(len(labels)))
+    frame = pd.read_csv(evaluate.evaluate_bridge(held_out, tiny_models["receiver"], checkpoint, tmp_path / "k.csv",
+                                                 task_name="toy", task=task, sender="s", receiver_alias="r",
+                                                 bridge_name="identity", batch_size=2, device=torch.device("cpu"),
+                                                 dtype=torch.float32), keep_default_na=False)
+    values = {(row.variant, row.metric): (row.value, row.n) for row in frame.itertuples()}
+    assert values[("", "accuracy")] == (0.8, 5)
+    assert values[("shuffled_source", "accuracy")] == (0.0, 5)
+    assert values[("zero_source", "accuracy")] == (0.2, 5)
+    assert values[("", "trainable_parameters")] == (0, 5)

@@ -124,11 +124,32 @@ def test_figures_hold_only_what_the_current_config_produced(smoke_run):
 
 
 def test_new_timestamps_alone_rerun_nothing(smoke_run):
-    """As after a `dvc pull`: every input looks newer than every output, contents are unchanged."""
-    for shared in ("models", "tasks", "activations"):
-        for path in (smoke_run / "data" / shared).rglob("*"):
+    """As after a `dvc pull`: every file gets a new timestamp, in an order unrelated to the pipeline
+    (here: reports first, models last, so every input looks newer than its readers); contents unchanged."""
+    for shared in ("figures", "results", "data/relay", "data/checkpoints", "data/activations", "data/tasks",
+                   "data/models"):
+        for path in sorted((smoke_run / shared).rglob("*")):
             os.utime(path)
     assert planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml")) == set()
+
+
+def test_editing_a_bridge_reruns_bridge_training_and_reports_not_extraction(smoke_run, tmp_path):
+    """The jobs' `code` params: a changed function body in bridges/perceiver.py reruns what runs it."""
+    package = tmp_path / "src/interlingua"
+    shutil.copytree(REPO / "src/interlingua", package, ignore=shutil.ignore_patterns("__pycache__"))
+    perceiver = package / "bridges/perceiver.py"
+    text = perceiver.read_text()
+    perceiver.write_text(text.replace("    def forward(self, states, mask):\n",
+                                      "    def forward(self, states, mask):\n        states = states + 0\n", 1))
+    assert perceiver.read_text() != text
+    out = subprocess.run([*SNAKEMAKE, "--directory", str(smoke_run), "--cores", "2", "-n", "figures", "--configfile",
+                          str(REPO / "config/smoke.yaml"), "--quiet", "rules"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "src")}).stdout
+    jobs = {line.split()[0] for line in out.splitlines()
+            if line and line.split()[0].isidentifier() and line.split()[-1].isdigit() and line.split()[0] != "total"}
+    assert {"train_bridge", "collect_results", "report", "measure_speed"} <= jobs
+    assert not jobs & {"extract", "materialize_model", "materialize_task", "eval_zero_shot", "eval_few_shot",
+                       "generate_relay", "eval_relay", "train_prompt_tuning", "train_finetune", "eval_finetune"}
 
 
 def test_bridge_hyperparameter_reruns_training_not_extraction(smoke_run, tmp_path):

@@ -50,7 +50,7 @@ def cmd_extract(args):
     store = extract(args.model_dir, args.split, args.out, sender_prompt=spec["sender_prompt"], layers=ex["layers"],
                     storage_dtype=ex["storage_dtype"], kv_cache=ex.get("kv_cache", False),
                     batch_size=args.batch_size, shard_tokens=args.shard_tokens, chunk_tokens=args.chunk_tokens,
-                    device=device, dtype=dtype, model_alias=args.alias,
+                    device=device, dtype=dtype, model_alias=args.alias, code=spec.get("code", ""),
                     **({"max_tokens": spec["max_tokens"]} if "max_tokens" in spec else {}))
     if args.receipt:
         write_receipt(store, args.receipt, request=spec)
@@ -70,6 +70,7 @@ def _evaluation(args, spec, **needed) -> dict | None:
 
 
 def cmd_train_bridge(args):
+    from .store import with_split
     from .train import train_bridge
     from .zoo import shared_frozen_models
     spec, device, dtype = _runtime(args)
@@ -77,13 +78,13 @@ def cmd_train_bridge(args):
     with shared_frozen_models():
         train_bridge(args.store, args.receiver_dir, args.out, bridge_name=args.bridge, bridge_spec=spec["bridge"],
                      task=spec["task"], train=spec["train"], seed=args.seed, device=device, dtype=dtype,
-                     store_request=spec.get("store"))
+                     store_request=with_split(spec.get("store"), args.split), code=spec.get("code", ""))
         if evaluation is not None:
             from .evaluate import evaluate_bridge
             evaluate_bridge(args.eval_store, args.receiver_dir, args.out, args.eval_out, task_name=args.task,
                             task=spec["task"], sender=args.sender, receiver_alias=args.receiver,
                             bridge_name=args.bridge, batch_size=evaluation["batch_size"], device=device,
-                            dtype=dtype, store_request=evaluation.get("store"))
+                            dtype=dtype, store_request=with_split(evaluation.get("store"), args.eval_split))
 
 
 def cmd_train_prompt_tuning(args):
@@ -93,7 +94,8 @@ def cmd_train_prompt_tuning(args):
     evaluation = _evaluation(args, spec, **{"--eval-split": args.eval_split})
     with shared_frozen_models():
         train_prompt_tuning(args.split, args.receiver_dir, args.out, task=spec["task"], train=spec["train"],
-                            prompt_tuning=spec["prompt_tuning"], seed=args.seed, device=device, dtype=dtype)
+                            prompt_tuning=spec["prompt_tuning"], seed=args.seed, device=device, dtype=dtype,
+                            code=spec.get("code", ""))
         if evaluation is not None:
             from .evaluate import evaluate_prompt_tuning
             evaluate_prompt_tuning(args.eval_split, args.receiver_dir, args.out, args.eval_out,
@@ -137,10 +139,12 @@ def cmd_eval_majority(args):
 
 def cmd_eval_bridge(args):
     from .evaluate import evaluate_bridge
+    from .store import with_split
     spec, device, dtype = _runtime(args)
     evaluate_bridge(args.store, args.receiver_dir, args.checkpoint, args.out, task_name=args.task, task=spec["task"],
                     sender=args.sender, receiver_alias=args.receiver, bridge_name=args.bridge,
-                    batch_size=spec["batch_size"], device=device, dtype=dtype, store_request=spec.get("store"))
+                    batch_size=spec["batch_size"], device=device, dtype=dtype,
+                    store_request=with_split(spec.get("store"), args.split))
 
 
 def cmd_eval_prompt_tuning(args):
@@ -203,12 +207,13 @@ def cmd_measure_throughput(args):
 
 def cmd_soft_token_neighbours(args):
     from .speed import soft_token_neighbours
+    from .store import with_split
     spec, device, _ = _runtime(args)
     options = spec.get("soft_token_neighbours", {})
     print(*soft_token_neighbours(args.store, args.receiver_dir, args.checkpoint, args.out, task=spec["task"],
                                  examples_per_class=options.get("examples_per_class", 2),
                                  top_k=options.get("top_k", 5), split_path=args.split,
-                                 store_request=spec.get("store"), device=device))
+                                 store_request=with_split(spec.get("store"), args.split), device=device))
 
 
 def cmd_collect(args):
@@ -295,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("train-bridge", cmd_train_bridge, "train a bridge from a store into a frozen receiver (then evaluate it)",
             ("--bridge", req), ("--store", req), ("--receiver-dir", req), ("--seed", {"type": int, "default": 0}),
             ("--out", req), *then_evaluate, ("--sender", {"help": "sender alias in the result rows"}),
-            ("--eval-store", {"help": "the eval split's activation store (with --eval-out)"}))
+            ("--eval-store", {"help": "the eval split's activation store (with --eval-out)"}),
+            ("--split", {"help": "the materialized split the store holds: its content hash is checked"}),
+            ("--eval-split", {"help": "the materialized split the eval store holds: its content hash is checked"}))
     command("train-prompt-tuning", cmd_train_prompt_tuning, "prompt tuning on the receiver alone (then evaluate it)",
             ("--split", req), ("--receiver-dir", req), ("--seed", {"type": int, "default": 0}), ("--out", req),
             *then_evaluate, ("--eval-split", {"help": "the eval split (with --eval-out)"}))
@@ -312,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("--task", req), ("--train-split", req), ("--split", req), ("--out", req))
     command("eval-bridge", cmd_eval_bridge, "bridge accuracy with shuffled- and zero-source controls",
             ("--task", req), ("--sender", req), ("--receiver", req), ("--bridge", req), ("--store", req),
-            ("--receiver-dir", req), ("--checkpoint", req), ("--out", req))
+            ("--receiver-dir", req), ("--checkpoint", req), ("--out", req),
+            ("--split", {"help": "the materialized split the store holds: its content hash is checked"}))
     command("eval-prompt-tuning", cmd_eval_prompt_tuning, "accuracy of a prompt-tuned receiver",
             ("--task", req), ("--receiver", req), ("--split", req), ("--receiver-dir", req),
             ("--checkpoint", req), ("--out", req))

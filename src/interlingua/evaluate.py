@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import zoo
+from .errors import DataError
 from .receiver import Receiver
 from .store import ActivationStore
 from .tasks import fit_examples, read_split
@@ -54,7 +55,7 @@ def predict_texts(receiver: Receiver, texts: list[str], batch_size: int, desc: s
 
 
 def rows_for(base: dict, predictions: torch.Tensor, labels: torch.Tensor, seconds: float, variant="") -> list[dict]:
-    accuracy = (predictions == labels).float().mean().item()
+    accuracy = int((predictions == labels).sum()) / len(labels)  # exact correct / n, not a float32 mean
     common = dict(base, variant=variant, n=len(labels))
     return [dict(common, metric="accuracy", value=accuracy),
             dict(common, metric="seconds_per_example", value=seconds / len(labels))]
@@ -147,13 +148,42 @@ def soft_tokens(store: ActivationStore, bridge, source: torch.Tensor, layer: int
     return torch.cat(out)
 
 
+def check_bridge_fits(checkpoint, payload: dict, store: ActivationStore, receiver_manifest: dict, task: dict) -> None:
+    """A DataError naming every way the checkpoint does not fit this receiver, eval store and task."""
+    from .train import sender_identity
+
+    problems = []
+    if payload.get("receiver") != receiver_manifest["fingerprint"]:
+        problems.append(f"receiver: trained for fingerprint {payload.get('receiver')}, given "
+                        f"'{receiver_manifest['alias']}' with fingerprint {receiver_manifest['fingerprint']}")
+    trained = payload.get("sender")
+    if trained is None:
+        problems.append("the checkpoint records no sender store (written by an older version): retrain it")
+    else:
+        given = sender_identity(store.manifest)
+        names = {"model_fingerprint": "sender model", "sender_prompt": "sender prompt", "task": "task",
+                 "storage_dtype": "storage dtype", "compute_dtype": "compute dtype", "code": "extraction code"}
+        problems += [f"{names[key]}: trained on {trained[key]!r}, eval store has {given[key]!r}"
+                     for key in names if trained.get(key) != given.get(key)]
+    layer = payload["config"]["source_layer"]
+    if layer not in store.layers:
+        problems.append(f"source layer: the bridge reads layer {layer}, the eval store has {store.layers}")
+    if "verbalizers" in payload and list(payload["verbalizers"]) != list(task["verbalizers"]):
+        problems.append(f"verbalizers: trained with {payload['verbalizers']}, given {task['verbalizers']}")
+    if problems:
+        raise DataError(f"{checkpoint} does not fit {store.path}: " + "; ".join(problems))
+
+
 def evaluate_bridge(store_path, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict, sender: str,
                     receiver_alias: str, bridge_name: str, batch_size: int, device, dtype,
                     store_request: dict | None = None) -> Path:
-    """Bridge accuracy, and the same bridge fed another example's states or zeros (controls)."""
+    """Bridge accuracy, and the same bridge fed another example's states or zeros (controls).
+    The checkpoint must have been trained for this receiver and verbalizers, from a store of the same
+    sender model, prompt and task as `store_path` holding its source layer (DataError naming what differs)."""
     store = ActivationStore(store_path, request=store_request)
-    receiver = _receiver(receiver_dir, task, device, dtype)
     bridge, payload = load_bridge(checkpoint, device)
+    check_bridge_fits(checkpoint, payload, store, zoo.read_manifest(receiver_dir), task)
+    receiver = _receiver(receiver_dir, task, device, dtype)
     layer, instruction = payload["config"]["source_layer"], task["prompts"]["instruction"]
     labels = store.labels
     sources = {"": torch.arange(len(store)), "shuffled_source": derangement(len(store), payload["seed"])}

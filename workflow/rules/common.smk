@@ -7,8 +7,10 @@ import sys
 from interlingua.config import validate_config
 from interlingua.errors import InterlinguaError
 from interlingua.fingerprint import file_sha256, fingerprint
+from interlingua.sources import code_hash
 from interlingua import study as study_plan
 from interlingua.tasks import mirror_path, prompt_spec
+from interlingua.zoo import source_files
 
 
 try:
@@ -21,10 +23,15 @@ CLI = f"{sys.executable} -m interlingua"
 STUDY = config["study"]
 ALIAS = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 # Reruns are decided by content, not timestamps (DVC does not keep them, so a teammate's
-# `dvc pull` must not make cached activations look stale). Each job's params carry everything
-# upstream that decides its inputs (model sources, data hashes, extraction requests), and a
-# model, task split or store whose receipt records the current request is an ancient() input:
-# its timestamp cannot trigger anything. Anything else propagates as usual.
+# `dvc pull` must not make anything look stale; Snakemake 9 compares input and output times whatever
+# --rerun-triggers says). Each job's params carry everything upstream that decides its inputs (model
+# files, data hashes, extraction and training requests) and the hash of the package code it runs
+# (`code`, see code()); every input produced by the workflow is ancient() while it is current, so its
+# timestamp cannot trigger anything. Current: a model, task split or store whose receipt records the
+# current request (unless_stale); any other file whose writer's recorded params are today's or, on a
+# fresh clone after `dvc pull`, not recorded (unless_rerun). A file about to be rewritten is a plain
+# input, so its readers rerun in the same invocation (Snakemake does not check the params of jobs
+# downstream of a rerun, and would skip them behind an ancient input).
 
 
 wildcard_constraints:
@@ -43,6 +50,14 @@ wildcard_constraints:
 def spec(**sections):
     """JSON handed to the CLI: Snakemake reruns a job when the sections it reads change."""
     return json.dumps(sections, sort_keys=True)
+
+
+@functools.cache
+def code(command):
+    """The `code` param of a job running `interlingua <command>`: a hash of the package modules that
+    command reaches (static analysis of names and imports, interlingua/sources.py). Editing
+    bridges/perceiver.py changes it for bridge training, not for extraction or the text baselines."""
+    return code_hash(command)
 
 
 def config_fingerprint():
@@ -70,7 +85,7 @@ def task_source_spec(task, role):
     source = {key: task[key] for key in keep if key in task}
     source_file = mirror_path(task, config["paths"]["datasets"], role)
     request = dict(source, splits={role: task["splits"][role]}, subsample={role: task["subsample"][role]},
-                   source_sha256=source_sha256(str(source_file)))
+                   source_sha256=source_sha256(str(source_file)), code=code("materialize-task"))
     if role == "train":  # train rows that are eval texts are dropped: the eval split decides them too
         request["splits"] = dict(task["splits"])
         if "holdout" not in task:
@@ -91,8 +106,16 @@ def mirror_input(wildcards):
     return sorted(str(path) for path in paths if path.exists())
 
 
+@functools.cache
+def _model_request(alias):
+    entry = config["models"][alias]
+    return {**entry, "files": source_files(entry), "code": code("materialize-model")}
+
+
 def model_request(alias):
-    return config["models"][alias]
+    """A model's config entry, what it loads (package RECORD hashes, hub commit, directory hash: a new
+    package version rematerializes it) and the loading code. Recorded as the model's `source`."""
+    return json.loads(json.dumps(_model_request(alias)))
 
 
 def task_request(task, role):
@@ -103,7 +126,7 @@ def extract_request(sender, task, role):
     """What decides a store's contents (batch and shard sizes do not)."""
     ex = config["extract"]
     return {"model": model_request(sender), "task": task_request(task, role), "runtime": runtime(),
-            "sender_prompt": config["tasks"][task]["prompts"]["sender"],
+            "sender_prompt": config["tasks"][task]["prompts"]["sender"], "code": code("extract"),
             "max_tokens": config["tasks"][task]["max_tokens"],
             "extract": {"layers": study_plan.extract_layers(config, sender, task),
                         **{k: ex[k] for k in ("storage_dtype", "kv_cache")}}}
@@ -113,26 +136,28 @@ def bridge_request(w):
     bridge, train = study_plan.run_settings(config, w.bridge, w.task)
     return {"runtime": runtime(), "bridge": bridge, "train": train,
             "task": prompt_spec(config["tasks"][w.task]), "receiver": model_request(w.receiver),
-            "store": extract_request(w.sender, w.task, "train"), "seed": w.seed}
+            "store": extract_request(w.sender, w.task, "train"), "seed": w.seed, "code": code("train-bridge")}
 
 
 def prompt_tuning_request(w):
     return {"runtime": runtime(), "train": study_plan.task_train(config, w.task),
             "prompt_tuning": config["prompt_tuning"], "task": prompt_spec(config["tasks"][w.task]),
-            "receiver": model_request(w.receiver), "data": task_request(w.task, "train"), "seed": w.seed}
+            "receiver": model_request(w.receiver), "data": task_request(w.task, "train"), "seed": w.seed,
+            "code": code("train-prompt-tuning")}
 
 
 def finetune_request(w):
     return {"runtime": runtime(), "train": study_plan.task_train(config, w.task),
             "finetune": study_plan.finetune_spec(config, w.method), "task": prompt_spec(config["tasks"][w.task]),
-            "receiver": model_request(w.receiver), "data": task_request(w.task, "train"), "seed": w.seed}
+            "receiver": model_request(w.receiver), "data": task_request(w.task, "train"), "seed": w.seed,
+            "code": code("train-finetune")}
 
 
 def relay_request(w):
     """What decides a relay file: the sender, the eval rows, the prompts and the generation budget."""
     return {"runtime": runtime(), "task": prompt_spec(config["tasks"][w.task]), "model": model_request(w.sender),
             "data": task_request(w.task, "eval"), "relay": relay_generation(),
-            "batch_size": config["evaluate"]["batch_size"]}
+            "batch_size": config["evaluate"]["batch_size"], "code": code("generate-relay")}
 
 
 def relay_generation():
@@ -203,3 +228,40 @@ def study_checkpoints():
 def study_results():
     """Every tidy result file the study asks for."""
     return study_plan.study_results(config)
+
+
+def unless_rerun(path, producer_spec):
+    """ancient(path) unless Snakemake's record of the job that wrote `path` holds another spec than
+    `producer_spec` (that job reruns now, so its readers must too: Snakemake does not check the params of
+    jobs downstream of a rerun, and would skip them behind an ancient input). Without a record (a fresh
+    clone after `dvc pull`) the file is taken as pulled: the readers' params say what it must be."""
+    from snakemake.io import IOFile
+
+    try:
+        recorded = workflow.persistence.params(IOFile(path))
+    except Exception:  # no persistence (e.g. --lint): as without a record
+        recorded = None
+    return path if recorded and repr(producer_spec) not in recorded else ancient(path)
+
+
+def producer_params(path):
+    """{name: value} of the params of the job that writes `path` (the rule whose output matches it)."""
+    from snakemake.iocontainers import Wildcards
+
+    producer = next((r for r in workflow.rules if not r.norun and r.is_producer(path)), None)
+    if producer is None:
+        raise WorkflowError(f"no rule writes {path}")
+    w = Wildcards(fromdict=producer.get_wildcards(path))
+    return {name: (value(w) if callable(value) else str(value)) for name, value in producer.params.items()}
+
+
+def result_inputs():
+    return [unless_rerun(path, producer_params(path)["spec"]) for path in study_results()]
+
+
+@functools.cache
+def results_request():
+    """What decides results/results.csv: a fingerprint of the params (requests and code) of the job that
+    writes each result file of the study. Reports read results.csv as an ancient() input and carry this,
+    so a result whose request changed reruns them, and a `dvc pull` (new timestamps) does not."""
+    return fingerprint({path: producer_params(path) for path in study_results()})

@@ -7,6 +7,7 @@ rule eval_zero_shot:
         "results/zero_shot/{model}/{task}.csv",
     params:
         spec=lambda w: eval_request(w, model=model_request(w.model), data=task_request(w.task, "eval")),
+        code=code("eval-zero-shot"),
     log:
         "logs/eval_zero_shot/{model}/{task}.log",
     benchmark:

@@ -13,6 +13,7 @@ rule extract:
     params:
         store="data/activations/{sender}/{task}/{split}.zarr",
         spec=lambda w: spec(**extract_request(w.sender, w.task, task_role(w))),
+        code=code("extract"),
     log:
         "logs/extract/{sender}/{task}/{split}.log",
     benchmark:

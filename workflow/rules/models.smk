@@ -3,7 +3,8 @@ rule materialize_model:
     output:
         directory("data/models/{model}"),
     params:
-        spec=lambda w: spec(model=config["models"][w.model]),
+        spec=lambda w: spec(model=model_request(w.model)),
+        code=code("materialize-model"),
     log:
         "logs/materialize_model/{model}.log",
     benchmark:

@@ -1,10 +1,13 @@
 rule collect_results:
     """All tidy result files of the study in one table (one row per run x metric)."""
     input:
-        study_results(),
+        lambda w: result_inputs(),  # ancient() unless rewritten now; their requests are in params
     output:
         table="results/results.csv",
         metrics="results/metrics.json",
+    params:
+        spec=lambda w: results_request(),
+        code=code("collect"),
     log:
         "logs/collect_results.log",
     shell:
@@ -20,12 +23,14 @@ rule report:
     """Every table and figure of the study from the tidy results, in one job (each is one function of
     report.py named after its file)."""
     input:
-        "results/results.csv",
+        lambda w: unless_rerun("results/results.csv", results_request()),  # what decides it is in params
     output:
         study_plan.report_outputs(config),
     params:
         names=sum(study_plan.study_reports(config), []),
         spec=lambda w: report_spec(),
+        results=lambda w: results_request(),
+        code=code("report") + code("collect"),
     log:
         "logs/report/report.log",
     shell:
@@ -37,11 +42,13 @@ rule figures_readme:
     Also removes the top-level files of figures/ that the current config does not produce (an earlier
     config's tables); subfolders (other studies' figures) are left alone."""
     input:
-        study_plan.study_figures(config),
+        ancient([f for f in study_plan.study_figures(config)]),  # what decides them is in params
     output:
         "figures/README.md",
     params:
         spec=lambda w: spec(config_fingerprint=config_fingerprint()),
+        results=lambda w: results_request(),
+        code=code("figures-readme") + code("report") + code("soft-token-neighbours"),
     log:
         "logs/report/README.log",
     shell:

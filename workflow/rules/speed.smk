@@ -41,7 +41,8 @@ rule measure_speed:
         train_split=lambda w: task_input(w.task, "train"),
         sender=lambda w: model_input(w.sender),
         receiver=lambda w: model_input(w.receiver),
-        bridge=first_bridge_checkpoint,
+        # ancient() unless rewritten now (unless_rerun): its request (and code) is in params (bridge_run)
+        bridge=lambda w: unless_rerun(first_bridge_checkpoint(w), bridge_spec(main_bridge_run(w.sender, w.receiver, w.task))),
     output:
         "results/speed/{kind}/{sender}/{receiver}/{task}.csv",
     wildcard_constraints:
@@ -49,6 +50,7 @@ rule measure_speed:
     params:
         bridge=STUDY["bridges"][0],
         spec=speed_request,
+        code=lambda w: code(f"measure-{w.kind}"),
     log:
         "logs/measure_speed/{kind}/{sender}/{receiver}/{task}.log",
     shell:
@@ -64,7 +66,8 @@ rule soft_token_neighbours:
         store=lambda w: store_input(NEIGHBOURS.sender, NEIGHBOURS.task, "eval"),
         split=lambda w: task_input(NEIGHBOURS.task, "eval"),
         receiver=lambda w: model_input(NEIGHBOURS.receiver),
-        bridge=lambda w: first_bridge_checkpoint(NEIGHBOURS),
+        bridge=lambda w: unless_rerun(first_bridge_checkpoint(NEIGHBOURS), bridge_spec(main_bridge_run(
+            NEIGHBOURS.sender, NEIGHBOURS.receiver, NEIGHBOURS.task))),  # its request is in params (bridge_run)
     output:
         multiext("figures/soft_token_neighbours", ".md", ".png"),
     params:
@@ -73,6 +76,7 @@ rule soft_token_neighbours:
                             store=extract_request(NEIGHBOURS.sender, NEIGHBOURS.task, "eval"),
                             bridge_run=bridge_request(main_bridge_run(NEIGHBOURS.sender, NEIGHBOURS.receiver,
                                                                       NEIGHBOURS.task))),
+        code=code("soft-token-neighbours"),
     log:
         "logs/soft_token_neighbours.log",
     shell:

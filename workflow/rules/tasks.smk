@@ -11,6 +11,7 @@ rule materialize_task:
         role=task_role,
         spec=lambda w: spec(task=task_source_spec(config["tasks"][w.task], task_role(w)),
                             datasets=config["paths"]["datasets"]),
+        code=code("materialize-task"),
     # Runs first: bad data stops the run before any model is loaded.
     priority: 100
     log:

@@ -3,12 +3,19 @@
 # eval-prompt-tuning evaluate an existing checkpoint on their own.
 
 
+def bridge_spec(w):
+    return spec(**bridge_request(w), evaluate=evaluate_request(store=extract_request(w.sender, w.task, "eval")))
+
+
 rule train_bridge:
     """Fit a bridge from cached sender states into the frozen receiver (the sender is not loaded), then
     its accuracy on the eval split, with shuffled-source and zero-source controls."""
     input:
         store=lambda w: store_input(w.sender, w.task, "train"),
         eval_store=lambda w: store_input(w.sender, w.task, "eval"),
+        # the splits the stores hold: their content hashes are checked against the stores'
+        split=lambda w: task_input(w.task, "train"),
+        eval_split=lambda w: task_input(w.task, "eval"),
         receiver=lambda w: model_input(w.receiver),
     output:
         checkpoint="data/checkpoints/{bridge}/{sender}/{receiver}/{task}/seed{seed}.pt",
@@ -16,7 +23,8 @@ rule train_bridge:
     params:
         store=store_dir("train"),
         eval_store=store_dir("eval"),
-        spec=lambda w: spec(**bridge_request(w), evaluate=evaluate_request(store=extract_request(w.sender, w.task, "eval"))),
+        spec=lambda w: bridge_spec(w),
+        code=code("train-bridge"),
     log:
         "logs/train_bridge/{bridge}/{sender}/{receiver}/{task}/seed{seed}.log",
     benchmark:
@@ -25,7 +33,8 @@ rule train_bridge:
         "{CLI} train-bridge --bridge {wildcards.bridge} --store {params.store} --receiver-dir {input.receiver} "
         "--seed {wildcards.seed} --spec {params.spec:q} --threads {threads} --out {output.checkpoint} "
         "--task {wildcards.task} --sender {wildcards.sender} --receiver {wildcards.receiver} "
-        "--eval-store {params.eval_store} --eval-out {output.result} > {log} 2>&1"
+        "--eval-store {params.eval_store} --eval-out {output.result} --split {input.split} "
+        "--eval-split {input.eval_split} > {log} 2>&1"
 
 
 rule train_prompt_tuning:
@@ -40,6 +49,7 @@ rule train_prompt_tuning:
         result="results/prompt_tuning/{receiver}/{task}/seed{seed}.csv",
     params:
         spec=lambda w: spec(**prompt_tuning_request(w), evaluate=evaluate_request(data=task_request(w.task, "eval"))),
+        code=code("train-prompt-tuning"),
     log:
         "logs/train_prompt_tuning/{receiver}/{task}/seed{seed}.log",
     benchmark:
