@@ -1,0 +1,185 @@
+"""Paired tests: McNemar's exact test against hand-computed values, pairing by example id (never by
+position), refusal of rows that are not the same examples, the per-example predictions every result
+file carries, and the paired-test notes under the tables."""
+from __future__ import annotations
+
+import random
+from math import comb
+
+import pandas as pd
+import pytest
+import torch
+
+from interlingua import cli, report
+from interlingua.errors import DataError
+from interlingua.evaluate import PREDICTION_COLUMNS, predictions_path, rows_for, write_rows
+from interlingua.paired import PairingError, bridge_tests, mcnemar, mcnemar_exact
+
+SPLIT = "a" * 64
+
+
+def test_mcnemar_exact_known_values():
+    # b=1, c=9: n=10, P[X <= 1] = (1 + 10) / 2^10; two-sided doubles it
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
+    # b=3, c=12: (C(15,0) + C(15,1) + C(15,2) + C(15,3)) = 576
+    assert mcnemar_exact(3, 12) == pytest.approx(2 * 576 / 2 ** 15) == pytest.approx(0.03515625)
+    assert mcnemar_exact(12, 3) == mcnemar_exact(3, 12)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0        # capped at 1
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+    # large counts stay exact (no float overflow of 2^n): 400 vs 600 discordant rows
+    expected = 2 * sum(comb(1000, k) for k in range(401)) / 2 ** 1000
+    assert mcnemar_exact(400, 600) == pytest.approx(expected) and 0 < expected < 1e-9
+
+
+def frame(correct: list[bool], *, ids=None, labels=None, split=SPLIT) -> pd.DataFrame:
+    ids = list(range(len(correct))) if ids is None else ids
+    labels = [i % 2 for i in range(len(correct))] if labels is None else labels
+    return pd.DataFrame({"split": split[:16], "example": ids, "label": labels,
+                         "predicted": [y if ok else 1 - y for y, ok in zip(labels, correct)]})
+
+
+def test_mcnemar_counts_discordant_rows_by_example_id():
+    a = [True] * 12 + [False] * 3 + [True] * 5 + [False] * 5   # 12 only-A, 3 only-B, 5 both, 5 neither
+    b = [False] * 12 + [True] * 3 + [True] * 5 + [False] * 5
+    result = mcnemar(frame(a), frame(b))
+    assert (result["n"], result["a_only"], result["b_only"]) == (25, 12, 3)
+    assert result["accuracy_a"] == pytest.approx(17 / 25) and result["accuracy_b"] == pytest.approx(8 / 25)
+    assert result["p_value"] == pytest.approx(mcnemar_exact(3, 12))
+    # the same predictions in another row order pair by example id: the same test
+    shuffled = frame(b).sample(frac=1.0, random_state=3)
+    assert mcnemar(frame(a), shuffled) == result
+
+
+def test_mcnemar_refuses_rows_that_are_not_the_same_examples():
+    a = frame([True, False, True, True])
+    with pytest.raises(PairingError, match="not scored on the same rows"):
+        mcnemar(a, frame([True, False, True, True], ids=[0, 1, 2, 7]))
+    with pytest.raises(PairingError, match="not scored on the same rows"):
+        mcnemar(a, frame([True, False, True]))                              # a subset (e.g. a relay's 30 rows)
+    with pytest.raises(PairingError, match="different eval splits"):
+        mcnemar(a, frame([True, False, True, True], split="b" * 64))
+    with pytest.raises(PairingError, match="gold label"):
+        mcnemar(a, frame([True, False, True, True], labels=[1, 1, 0, 1]))
+    with pytest.raises(PairingError, match="repeated"):
+        mcnemar(a, frame([True, False, True, True], ids=[0, 1, 1, 3]))
+
+
+def test_write_rows_writes_the_predictions_beside_the_result(tmp_path):
+    base = {"task": "sst2", "method": "zero_shot", "sender": "", "receiver": "b", "bridge": "", "seed": "",
+            "fingerprint": "fp"}
+    labels, predicted = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0])
+    out = write_rows(rows_for(base, predicted, labels, 1.0, examples=[3, 0, 2, 1], split=SPLIT),
+                     tmp_path / "sst2.csv")
+    results = pd.read_csv(out, keep_default_na=False)
+    assert "per_example" not in results.columns and results.value[0] == 0.75
+    predictions = pd.read_csv(predictions_path(out), keep_default_na=False)
+    assert predictions_path(out).name == "sst2.predictions.csv"
+    assert list(predictions.columns) == PREDICTION_COLUMNS
+    assert predictions.example.tolist() == [3, 0, 2, 1] and predictions.predicted.tolist() == [0, 1, 0, 0]
+    assert set(predictions.split) == {SPLIT[:16]} and set(predictions.method) == {"zero_shot"}
+    with pytest.raises(ValueError):
+        rows_for(base, predicted, labels, 1.0, examples=[0, 1], split=SPLIT)
+
+
+# --- a hand-made study: one bridge run, its controls and the majority class, through collect and the tables
+
+LABELS = [i % 2 for i in range(100)]
+
+
+def predictions_of(correct_rows: set[int], order_seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Predictions right exactly on `correct_rows`, listed in a seeded order (stores are length-sorted)."""
+    order = list(range(100))
+    random.Random(order_seed).shuffle(order)
+    labels = torch.tensor([LABELS[i] for i in order])
+    predicted = torch.tensor([LABELS[i] if i in correct_rows else 1 - LABELS[i] for i in order])
+    return predicted, labels, order
+
+
+def write_study(tmp_path, bridge_split=SPLIT) -> list:
+    bridge_base = {"task": "sst2", "method": "bridge", "sender": "a", "receiver": "b", "bridge": "perceiver",
+                   "seed": 0, "fingerprint": "fp"}
+    majority_right = {i for i in range(100) if LABELS[i] == 0} | {1, 3, 5, 7, 9, 11, 13, 15, 17}  # 59 rows
+    sets = {"": set(range(85)), "shuffled_source": set(range(50)), "zero_source": majority_right}
+    rows = []
+    for variant, right in sets.items():
+        predicted, labels, order = predictions_of(right, order_seed=1)
+        rows += rows_for(bridge_base, predicted, labels, 1.0, variant, examples=order, split=bridge_split)
+    bridge_csv = write_rows(rows, tmp_path / "bridge.csv")
+    predicted, labels, order = predictions_of(majority_right, order_seed=2)
+    majority_base = {"task": "sst2", "method": "majority", "sender": "", "receiver": "", "bridge": "", "seed": "",
+                     "fingerprint": "m"}
+    majority_csv = write_rows(rows_for(majority_base, predicted, labels, 0.0, examples=order, split=SPLIT)[:1],
+                              tmp_path / "majority.csv")
+    return [str(bridge_csv), str(majority_csv)]
+
+
+def expected_p(bridge_right: set[int], control_right: set[int]) -> float:
+    return mcnemar_exact(len(bridge_right - control_right), len(control_right - bridge_right))
+
+
+def test_bridge_tests_against_each_control_and_the_best(tmp_path):
+    inputs = write_study(tmp_path)
+    out = tmp_path / "results.csv"
+    report.collect(inputs, out, tmp_path / "predictions.csv", tmp_path / "paired_tests.csv")
+    tests = pd.read_csv(tmp_path / "paired_tests.csv", keep_default_na=False).set_index("control")
+    assert list(tests.index) == ["shuffled_source", "zero_source", "majority"]
+    assert (tests.status == "ok").all() and (tests.n == 100).all()
+    assert tests.bridge_accuracy.tolist() == [0.85] * 3
+    assert tests.control_accuracy.tolist() == [0.50, 0.59, 0.59]
+    # shuffled-source: right on 0..49, a subset of the bridge's 0..84: b = 35, c = 0
+    assert (tests.bridge_only["shuffled_source"], tests.control_only["shuffled_source"]) == (35, 0)
+    assert tests.p_value["shuffled_source"] == pytest.approx(mcnemar_exact(35, 0))
+    majority_right = {i for i in range(100) if LABELS[i] == 0} | {1, 3, 5, 7, 9, 11, 13, 15, 17}
+    assert tests.p_value["majority"] == pytest.approx(expected_p(set(range(85)), majority_right))
+    # a tie in accuracy (zero-source and majority both 0.59) goes to the larger p; the run beats it
+    assert tests.best_control.sum() == 1 and tests.best_control[["zero_source", "majority"]].any()
+    assert tests.beats_best.all() and tests.significant.all()
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(predictions) == 400 and list(predictions.columns) == PREDICTION_COLUMNS
+
+
+def test_bridge_tests_never_pair_rows_of_another_split(tmp_path):
+    inputs = write_study(tmp_path, bridge_split="c" * 64)
+    frames = [pd.read_csv(path, keep_default_na=False, dtype=str) for path in inputs]
+    tests = bridge_tests(pd.concat(frames), report.collect_predictions(inputs, frames)).set_index("control")
+    assert tests.status["majority"].startswith("not paired: bridge and majority class were scored on different")
+    assert pd.isna(tests.p_value["majority"])
+    assert tests.status["shuffled_source"] == "ok"         # the run's own controls: the same store
+    assert not tests.beats_best.any()                      # an untested control: no claim
+
+
+def test_collect_refuses_results_without_predictions(tmp_path):
+    inputs = write_study(tmp_path)
+    predictions_path(inputs[1]).unlink()
+    with pytest.raises(DataError, match="no per-example predictions"):
+        report.collect(inputs, tmp_path / "results.csv", tmp_path / "predictions.csv", tmp_path / "tests.csv")
+
+
+STUDY = {"tasks": ["sst2"], "bridges": ["perceiver"], "seeds": [0], "sweep_seeds": [0], "few_shot_seeds": [0],
+         "pairs": [{"sender": "a", "receiver": "b"}], "ablation": {"tasks": ["sst2"], "bridges": ["perceiver"]},
+         "same_model": {"tasks": ["sst2"]}}
+
+
+def test_tables_give_the_paired_tests_in_their_notes(tmp_path):
+    inputs = write_study(tmp_path)
+    results = tmp_path / "results.csv"
+    assert cli.main(["collect", "--out", str(results), "--predictions", str(tmp_path / "predictions.csv"),
+                     "--paired-tests", str(tmp_path / "paired_tests.csv"), *inputs]) == 0
+    majority_right = {i for i in range(100) if LABELS[i] == 0} | {1, 3, 5, 7, 9, 11, 13, 15, 17}
+    p_majority = report._p_text(expected_p(set(range(85)), majority_right))
+    for name in ("table2_main", "table1_architectures", "table8_bidirectional"):
+        report.FIGURES[name](results, tmp_path / name, STUDY)
+        text = (tmp_path / f"{name}.md").read_text()
+        assert "McNemar's exact test" in text and "1 of 1 bridge runs beat their best control" in text, name
+        (line,) = [line for line in text.splitlines() if line.startswith("- sst2, a -> b (perceiver) seed 0")]
+        assert "bridge 0.850 (n=100)" in line and f"majority class 0.590 (p = {p_majority})" in line
+        assert f"shuffled-source control 0.500 (p = {report._p_text(mcnemar_exact(35, 0))})" in line
+        assert line.endswith(": yes")
+        assert "McNemar" in (tmp_path / f"{name}.tex").read_text()
+
+
+def test_tables_say_when_there_are_no_paired_tests(tmp_path):
+    inputs = write_study(tmp_path)
+    report.collect(inputs, tmp_path / "results.csv")                       # no predictions, no tests
+    report.table2_main(tmp_path / "results.csv", tmp_path / "table2_main", STUDY)
+    assert "no paired tests: paired_tests.csv not found" in (tmp_path / "table2_main.md").read_text()
