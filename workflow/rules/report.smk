@@ -1,14 +1,19 @@
 rule collect_results:
-    """All tidy result files of the study in one table (one row per run x metric)."""
+    """All tidy result files of the study in one table (one row per run x metric), their per-example
+    predictions in another, and the paired (McNemar) tests of every bridge run against its controls."""
     input:
-        study_results(),
+        results=study_results(),
+        predictions=study_plan.study_predictions(config),
     output:
         table="results/results.csv",
         metrics="results/metrics.json",
+        predictions="results/predictions.csv",
+        paired_tests="results/paired_tests.csv",
     log:
         "logs/collect_results.log",
     shell:
-        "{CLI} collect --out {output.table} --metrics {output.metrics} {input} > {log} 2>&1"
+        "{CLI} collect --out {output.table} --metrics {output.metrics} --predictions {output.predictions} "
+        "--paired-tests {output.paired_tests} {input.results} > {log} 2>&1"
 
 
 def report_spec():
@@ -20,7 +25,8 @@ rule report:
     """Every table and figure of the study from the tidy results, in one job (each is one function of
     report.py named after its file)."""
     input:
-        "results/results.csv",
+        results="results/results.csv",
+        paired_tests="results/paired_tests.csv",  # read beside results.csv: the tables' paired-test notes
     output:
         study_plan.report_outputs(config),
     params:
@@ -29,7 +35,7 @@ rule report:
     log:
         "logs/report/report.log",
     shell:
-        "{CLI} report {params.names} --results {input} --spec {params.spec:q} --out-dir figures > {log} 2>&1"
+        "{CLI} report {params.names} --results {input.results} --spec {params.spec:q} --out-dir figures > {log} 2>&1"
 
 
 rule figures_readme:
