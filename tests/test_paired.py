@@ -183,3 +183,51 @@ def test_tables_say_when_there_are_no_paired_tests(tmp_path):
     report.collect(inputs, tmp_path / "results.csv")                       # no predictions, no tests
     report.table2_main(tmp_path / "results.csv", tmp_path / "table2_main", STUDY)
     assert "no paired tests: paired_tests.csv not found" in (tmp_path / "table2_main.md").read_text()
+
+
+def test_every_evaluation_writes_predictions_that_pair_across_methods(tiny_models, sst2_like_task, toy_mirror,
+                                                                       tmp_path):
+    """The real evaluations on tiny models: the bridge (store rows, length-sorted) and the text methods (split
+    order) name each eval row by the same id, so their predictions pair; each file agrees with its accuracy."""
+    from interlingua.evaluate import evaluate_bridge, evaluate_majority, evaluate_random, evaluate_zero_shot
+    from interlingua.extract import extract
+    from interlingua.store import ActivationStore
+    from interlingua.tasks import materialize_split, read_split
+    from interlingua.train import train_bridge
+
+    cpu = torch.device("cpu")
+    train_split, split = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    materialize_split("toy", sst2_like_task, toy_mirror, "train", train_split)
+    materialize_split("toy", sst2_like_task, toy_mirror, "eval", split)
+    store = extract(tiny_models["sender"], split, tmp_path / "v.zarr", sender_prompt="Review: {text}", layers=[2],
+                    storage_dtype="float32", batch_size=4, device=cpu, dtype=torch.float32)
+    assert ActivationStore(store).example_index.tolist() != list(range(len(ActivationStore(store))))  # sorted rows
+    train = {"steps": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0,
+             "diversity_weight": 0.0, "checkpoint_every": 1}
+    bridge = {"type": "perceiver", "source_layer": 2, "dim": 16, "num_queries": 2, "depth": 1, "heads": 2}
+    checkpoint = train_bridge(store, tiny_models["receiver"], tmp_path / "b.pt", bridge_name="p", bridge_spec=bridge,
+                              task=sst2_like_task, train=train, seed=4, device=cpu, dtype=torch.float32)
+    common = {"task_name": "toy", "task": sst2_like_task}
+    outputs = [
+        evaluate_bridge(store, tiny_models["receiver"], checkpoint, tmp_path / "bridge.csv", sender="s",
+                        receiver_alias="r", bridge_name="p", batch_size=3, device=cpu, dtype=torch.float32, **common),
+        evaluate_majority(train_split, split, tmp_path / "majority.csv", **common),
+        evaluate_random(split, tmp_path / "random.csv", seeds=[0, 1], **common),
+        evaluate_zero_shot(split, tiny_models["receiver"], tmp_path / "zero_shot.csv", model_alias="r", batch_size=3,
+                           device=cpu, dtype=torch.float32, **common),
+    ]
+    examples, _ = read_split(split)
+    for out in outputs:
+        results = pd.read_csv(out, keep_default_na=False, dtype=str)
+        predictions = pd.read_csv(predictions_path(out), keep_default_na=False, dtype=str)
+        for _, row in results[results.metric == "accuracy"].iterrows():
+            mine = predictions[(predictions.variant == row.variant) & (predictions.seed == row.seed)]
+            assert sorted(mine.example.astype(int)) == list(range(len(examples))), out
+            gold = [examples[int(i)]["label"] for i in mine.example]
+            assert mine.label.astype(int).tolist() == gold, out                 # the id names the right row
+            accuracy = (mine.label == mine.predicted).mean()
+            assert accuracy == pytest.approx(float(row.value)), out
+    frames = [pd.read_csv(path, keep_default_na=False, dtype=str) for path in outputs]
+    tests = bridge_tests(pd.concat(frames), report.collect_predictions([str(o) for o in outputs], frames))
+    assert tests.control.tolist() == ["shuffled_source", "zero_source", "majority"]
+    assert (tests.status == "ok").all(), tests.status.tolist()          # the store's rows pair with the split's
