@@ -185,6 +185,26 @@ def test_tables_say_when_there_are_no_paired_tests(tmp_path):
     assert "no paired tests: paired_tests.csv not found" in (tmp_path / "table2_main.md").read_text()
 
 
+def check_predictions(out, split, subset: bool = False) -> None:
+    """Every accuracy row of `out` has its per-example rows: ids naming rows of `split` with their gold labels
+    (all rows unless `subset`), agreeing with its accuracy."""
+    from interlingua.tasks import read_split
+    examples, meta = read_split(split)
+    results = pd.read_csv(out, keep_default_na=False, dtype=str)
+    predictions = pd.read_csv(predictions_path(out), keep_default_na=False, dtype=str)
+    assert set(predictions.split) == {meta["content_sha256"][:16]}, out
+    accuracy_rows = results[results.metric == "accuracy"]
+    assert len(accuracy_rows) and len(predictions.groupby(["variant", "seed"])) == len(accuracy_rows), out
+    for _, row in accuracy_rows.iterrows():
+        mine = predictions[(predictions.variant == row.variant) & (predictions.seed == row.seed)]
+        ids = sorted(mine.example.astype(int))
+        assert len(ids) == int(row.n) and len(set(ids)) == len(ids), out
+        assert set(ids) <= set(range(len(examples))) if subset else ids == list(range(len(examples))), out
+        gold = [examples[int(i)]["label"] for i in mine.example]
+        assert mine.label.astype(int).tolist() == gold, out                 # the id names the right row
+        assert (mine.label == mine.predicted).mean() == pytest.approx(float(row.value)), out
+
+
 def test_every_evaluation_writes_predictions_that_pair_across_methods(tiny_models, sst2_like_task, toy_mirror,
                                                                        tmp_path):
     """The real evaluations on tiny models: the bridge (store rows, length-sorted) and the text methods (split
@@ -216,18 +236,46 @@ def test_every_evaluation_writes_predictions_that_pair_across_methods(tiny_model
         evaluate_zero_shot(split, tiny_models["receiver"], tmp_path / "zero_shot.csv", model_alias="r", batch_size=3,
                            device=cpu, dtype=torch.float32, **common),
     ]
-    examples, _ = read_split(split)
     for out in outputs:
-        results = pd.read_csv(out, keep_default_na=False, dtype=str)
-        predictions = pd.read_csv(predictions_path(out), keep_default_na=False, dtype=str)
-        for _, row in results[results.metric == "accuracy"].iterrows():
-            mine = predictions[(predictions.variant == row.variant) & (predictions.seed == row.seed)]
-            assert sorted(mine.example.astype(int)) == list(range(len(examples))), out
-            gold = [examples[int(i)]["label"] for i in mine.example]
-            assert mine.label.astype(int).tolist() == gold, out                 # the id names the right row
-            accuracy = (mine.label == mine.predicted).mean()
-            assert accuracy == pytest.approx(float(row.value)), out
+        check_predictions(out, split)
     frames = [pd.read_csv(path, keep_default_na=False, dtype=str) for path in outputs]
     tests = bridge_tests(pd.concat(frames), report.collect_predictions([str(o) for o in outputs], frames))
     assert tests.control.tolist() == ["shuffled_source", "zero_source", "majority"]
     assert (tests.status == "ok").all(), tests.status.tolist()          # the store's rows pair with the split's
+
+
+def test_trained_and_relayed_methods_write_their_predictions(tiny_models, sst2_like_task, toy_mirror, tmp_path):
+    """k-shot, prompt tuning, fine-tuning and the relay (on a subset of rows: ids are split positions)."""
+    from interlingua import finetune, relay
+    from interlingua.evaluate import evaluate_prompt_tuning
+    from interlingua.few_shot import evaluate_few_shot
+    from interlingua.tasks import materialize_split
+    from interlingua.train import train_prompt_tuning
+
+    cpu, f32 = torch.device("cpu"), torch.float32
+    train_split, split = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    materialize_split("toy", sst2_like_task, toy_mirror, "train", train_split)
+    materialize_split("toy", sst2_like_task, toy_mirror, "eval", split)
+    common = {"task_name": "toy", "task": sst2_like_task, "device": cpu, "dtype": f32}
+    train = {"steps": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0,
+             "diversity_weight": 0.0, "checkpoint_every": 1}
+    few_shot = evaluate_few_shot(train_split, split, tiny_models["receiver"], tmp_path / "fs.csv", model_alias="r",
+                                 shots=2, seed=1, batch_size=4, **common)
+    prompt = train_prompt_tuning(train_split, tiny_models["receiver"], tmp_path / "pt.pt", task=sst2_like_task,
+                                 train=train, prompt_tuning={"num_virtual_tokens": 2, "lr": 1e-2}, seed=0, device=cpu,
+                                 dtype=f32)
+    prompt_tuning = evaluate_prompt_tuning(split, tiny_models["receiver"], prompt, tmp_path / "pt.csv",
+                                           receiver_alias="r", batch_size=4, **common)
+    tuned = finetune.train_finetune(train_split, tiny_models["receiver"], tmp_path / "ft.pt", task=sst2_like_task,
+                                    train=train, finetune={"method": "lora", "rank": 2, "alpha": 4, "lr": 1e-2},
+                                    seed=0, device=cpu, dtype=f32)
+    fine_tuned = finetune.evaluate_finetune(split, tiny_models["receiver"], tuned, tmp_path / "ft.csv",
+                                            receiver_alias="r", batch_size=4, **common)
+    relays = relay.generate_relay(tiny_models["sender"], split, tmp_path / "relay.jsonl", task=sst2_like_task,
+                                  mode="summary", max_new_tokens=3, batch_size=4, device=cpu, dtype=f32, eval_rows=5)
+    relayed = relay.evaluate_relay(relays, split, tiny_models["receiver"], tmp_path / "relay.csv", mode="summary",
+                                   sender_alias="s", receiver_alias="r", batch_size=4, shots=2, seeds=[0, 1],
+                                   train_split=train_split, eval_rows=5, **common)
+    for out in (few_shot, prompt_tuning, fine_tuned):
+        check_predictions(out, split)
+    check_predictions(relayed, split, subset=True)
