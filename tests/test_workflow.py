@@ -100,6 +100,30 @@ def test_smoke_baselines_and_n_match_the_split_files(smoke_run):
     assert sorted(p.name for p in stores) == ["train.zarr", "validation.zarr"]
 
 
+def test_smoke_writes_predictions_and_paired_tests(smoke_run):
+    """Every result with accuracy rows has its per-example predictions; collect gathers them; every bridge run
+    is tested against its three controls, paired, and table 2 quotes the tests."""
+    from interlingua.evaluate import predictions_path
+
+    config = load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")
+    for name in study.study_results(config):
+        has_accuracy = (pd.read_csv(smoke_run / name).metric == "accuracy").any()
+        assert (smoke_run / predictions_path(name)).exists() == has_accuracy, name
+    results = pd.read_csv(smoke_run / "results/results.csv", keep_default_na=False, dtype=str)
+    predictions = pd.read_csv(smoke_run / "results/predictions.csv", keep_default_na=False, dtype=str)
+    keys = ["task", "method", "variant", "sender", "receiver", "bridge", "seed", "fingerprint"]
+    runs = predictions.groupby(keys).size()
+    accuracy = results[results.metric == "accuracy"]
+    assert len(runs) == len(accuracy)
+    for _, row in accuracy.iterrows():  # one prediction per scored row
+        assert runs[tuple(row[k] for k in keys)] == int(row.n), tuple(row[k] for k in keys)
+    tests = pd.read_csv(smoke_run / "results/paired_tests.csv", keep_default_na=False)
+    bridges = accuracy[(accuracy.method == "bridge") & (accuracy.variant == "")]
+    assert len(tests) == 3 * len(bridges) and (tests.status == "ok").all(), set(tests.status)
+    assert ((tests.p_value > 0) & (tests.p_value <= 1)).all()
+    assert "McNemar's exact test" in (smoke_run / "figures/table2_main.md").read_text()
+
+
 def test_second_run_has_nothing_to_do(smoke_run):
     for target in ("figures", "figures_latentwire"):
         out = snakemake(smoke_run, "-n", target, "--configfile", str(REPO / "config/smoke.yaml"))

@@ -218,7 +218,7 @@ def cmd_soft_token_neighbours(args):
 
 def cmd_collect(args):
     from .report import collect, write_metrics
-    print(collect(args.inputs, args.out))
+    print(collect(args.inputs, args.out, args.predictions, args.paired_tests))
     if args.metrics:
         print(write_metrics(args.out, args.metrics))
 
@@ -348,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("--out", {"required": True, "help": "output prefix, e.g. figures/soft_token_neighbours"}))
     command("collect", cmd_collect, "concatenate tidy result CSVs", ("--out", req),
             ("--metrics", {"help": "also write mean accuracy per task and method as JSON (dvc metrics)"}),
+            ("--predictions", {"help": "also concatenate the inputs' per-example predictions (NAME.predictions.csv)"}),
+            ("--paired-tests", {"help": "also write McNemar tests of every bridge run against its controls"}),
             ("inputs", {"nargs": "+"}))
     command("report", cmd_report, "write tables and figures from tidy results: OUT_DIR/NAME.{md,tex} or .png",
             ("figures", {"nargs": "+", "metavar": "NAME"}), ("--results", req),

@@ -2,7 +2,8 @@
 (plus shuffled-source and zero-source controls), and from a prompt-tuned soft prompt.
 Trained methods also report their trainable parameter count (metric `trainable_parameters`).
 
-Each evaluation writes tidy rows (one per run x metric) to a CSV under results/.
+Each evaluation writes tidy rows (one per run x metric) to a CSV under results/, and beside it its
+per-example predictions (`<name>.predictions.csv`, see PREDICTION_COLUMNS) for paired tests.
 """
 from __future__ import annotations
 
@@ -54,10 +55,33 @@ def predict_texts(receiver: Receiver, texts: list[str], batch_size: int, desc: s
                    desc, order=order)
 
 
-def rows_for(base: dict, predictions: torch.Tensor, labels: torch.Tensor, seconds: float, variant="") -> list[dict]:
+# Per-example predictions, written beside each result CSV (`<result stem>.predictions.csv`) so that
+# methods can be compared row by row (paired tests, paired.py). `split`: the eval split's content hash
+# (16 hex digits); `example`: the row's position in that materialized split (the store's example_index).
+PREDICTION_COLUMNS = ["task", "method", "variant", "sender", "receiver", "bridge", "seed", "fingerprint", "split",
+                      "example", "label", "predicted"]
+PER_EXAMPLE = "per_example"  # key of an accuracy row that carries its predictions to write_rows
+
+
+def predictions_path(result_path) -> Path:
+    """results/x/y.csv -> results/x/y.predictions.csv"""
+    result_path = Path(result_path)
+    return result_path.with_name(result_path.stem + ".predictions.csv")
+
+
+def rows_for(base: dict, predictions: torch.Tensor, labels: torch.Tensor, seconds: float, variant="", *,
+             examples, split: str) -> list[dict]:
+    """Accuracy and time rows of one run; the accuracy row also carries the per-example predictions
+    (`examples`: each prediction's position in the eval split whose content hash is `split`), which
+    write_rows writes to the predictions file (the results CSV does not show them)."""
+    examples = [int(e) for e in (examples.tolist() if hasattr(examples, "tolist") else examples)]
+    if len(examples) != len(labels) or len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions, {len(labels)} labels, {len(examples)} example ids")
     accuracy = int((predictions == labels).sum()) / len(labels)  # exact correct / n, not a float32 mean
     common = dict(base, variant=variant, n=len(labels))
-    return [dict(common, metric="accuracy", value=accuracy),
+    per_example = pd.DataFrame({"split": str(split)[:16], "example": examples, "label": labels.tolist(),
+                                "predicted": predictions.tolist()})
+    return [dict(common, metric="accuracy", value=accuracy, **{PER_EXAMPLE: per_example}),
             dict(common, metric="seconds_per_example", value=seconds / len(labels))]
 
 
@@ -69,10 +93,12 @@ def parameters_row(base: dict, count: int, n: int) -> dict:
 def write_rows(rows: list[dict], out_path) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    tmp = out_path.with_suffix(".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(out_path)
+    per_example = [row[PER_EXAMPLE].assign(**{key: row[key] for key in PREDICTION_COLUMNS[:8]})
+                   for row in rows if PER_EXAMPLE in row]
+    if per_example:  # written first: a result file never exists without its predictions
+        _write_csv(pd.concat(per_example, ignore_index=True).reindex(columns=PREDICTION_COLUMNS),
+                   predictions_path(out_path))
+    _write_csv(pd.DataFrame(rows).reindex(columns=COLUMNS), out_path)
     return out_path
 
 
@@ -86,6 +112,12 @@ def fit_for_receiver(receiver: Receiver, task: dict, examples: list[dict], frame
 def truncated_rows(base: dict, count: int, n: int) -> list[dict]:
     """A `truncated_inputs` row (texts cut to max_tokens) when there were any; none otherwise."""
     return [dict(base, variant="", n=n, metric="truncated_inputs", value=count)] if count else []
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
 
 
 def _receiver(model_dir, task, device, dtype) -> Receiver:
@@ -103,7 +135,8 @@ def evaluate_zero_shot(split_path, model_dir, out_path, *, task_name: str, task:
     predictions = predict_texts(receiver, texts, batch_size, desc=f"zero-shot {model_alias}")
     base = {"task": task_name, "method": "zero_shot", "sender": "", "receiver": model_alias, "bridge": "",
             "seed": "", "fingerprint": zoo.read_manifest(model_dir)["fingerprint"] + ":" + meta["content_sha256"][:16]}
-    rows = rows_for(base, predictions, labels, time.perf_counter() - started)
+    rows = rows_for(base, predictions, labels, time.perf_counter() - started, examples=range(len(labels)),
+                    split=meta["content_sha256"])
     return write_rows(rows + truncated_rows(base, truncated, len(labels)), out_path)
 
 
@@ -116,7 +149,7 @@ def evaluate_random(split_path, out_path, *, task_name: str, task: dict, seeds: 
         guesses = torch.randint(len(task["label_names"]), (len(labels),), generator=torch.Generator().manual_seed(seed))
         base = {"task": task_name, "method": "random", "sender": "", "receiver": "", "bridge": "", "seed": seed,
                 "fingerprint": meta["content_sha256"][:16]}
-        rows += rows_for(base, guesses, labels, 0.0)[:1]
+        rows += rows_for(base, guesses, labels, 0.0, examples=range(len(labels)), split=meta["content_sha256"])[:1]
     return write_rows(rows, out_path)
 
 
@@ -134,7 +167,8 @@ def evaluate_majority(train_path, split_path, out_path, *, task_name: str, task:
     labels = torch.tensor([e["label"] for e in examples])
     base = {"task": task_name, "method": "majority", "sender": "", "receiver": "", "bridge": "", "seed": "",
             "fingerprint": train_meta["content_sha256"][:16] + ":" + meta["content_sha256"][:16]}
-    return write_rows(rows_for(base, torch.full_like(labels, label), labels, 0.0)[:1], out_path)
+    return write_rows(rows_for(base, torch.full_like(labels, label), labels, 0.0, examples=range(len(labels)),
+                               split=meta["content_sha256"])[:1], out_path)
 
 
 @torch.inference_mode()
@@ -201,7 +235,8 @@ def evaluate_bridge(store_path, receiver_dir, checkpoint, out_path, *, task_name
         distinct = distinct.view(len(distinct), *soft.shape[1:])
         predicted = predict(receiver, lambda rows: receiver.soft_prompt(distinct[rows], instruction), len(distinct),
                             batch_size, desc=f"bridge {variant or 'eval'}")
-        results += rows_for(base, predicted[which], labels, time.perf_counter() - started, variant)
+        results += rows_for(base, predicted[which], labels, time.perf_counter() - started, variant,
+                            examples=store.example_index, split=store.manifest["task_sha256"])
     learned = {name for name, _ in bridge.named_parameters()}  # parameters only: not the buffers (alpha, fixed maps)
     count = sum(tensor.numel() for name, tensor in payload["state_dict"].items() if name in learned)
     return write_rows(results + [parameters_row(base, count, len(labels))], out_path)
@@ -209,7 +244,7 @@ def evaluate_bridge(store_path, receiver_dir, checkpoint, out_path, *, task_name
 
 def evaluate_prompt_tuning(split_path, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict,
                            receiver_alias: str, batch_size: int, device, dtype) -> Path:
-    examples, _ = read_split(split_path)
+    examples, meta = read_split(split_path)
     receiver = _receiver(receiver_dir, task, device, dtype)
     payload = torch.load(checkpoint, map_location=device, weights_only=False)
     prompt = make_prompt_embedding(receiver.model, payload["num_virtual_tokens"], payload["seed"])
@@ -225,5 +260,6 @@ def evaluate_prompt_tuning(split_path, receiver_dir, checkpoint, out_path, *, ta
     base = {"task": task_name, "method": "prompt_tuning", "sender": "", "receiver": receiver_alias, "bridge": "",
             "seed": payload["seed"], "fingerprint": payload["fingerprint"]}
     count = sum(tensor.numel() for tensor in payload["state_dict"].values())  # the M x d learned embeddings
-    rows = rows_for(base, predictions, labels, time.perf_counter() - started)
+    rows = rows_for(base, predictions, labels, time.perf_counter() - started, examples=range(len(labels)),
+                    split=meta["content_sha256"])
     return write_rows(rows + [parameters_row(base, count, len(labels))], out_path)

@@ -134,5 +134,6 @@ def evaluate_few_shot(train_split, eval_split, model_dir, out_path, *, task_name
                             train_meta["content_sha256"][:16]])
     base = {"task": task_name, "method": "few_shot", "sender": "", "receiver": model_alias, "bridge": "",
             "seed": seed, "fingerprint": fingerprint}
-    rows = rows_for(base, predictions, labels, time.perf_counter() - started, variant=f"{shots}_shot")
+    rows = rows_for(base, predictions, labels, time.perf_counter() - started, variant=f"{shots}_shot",
+                    examples=range(len(labels)), split=meta["content_sha256"])
     return write_rows(rows + truncated_rows(dict(base, variant=f"{shots}_shot"), truncated, len(labels)), out_path)

@@ -149,7 +149,7 @@ def load_finetuned(receiver_dir, checkpoint, task: dict, device, dtype, merge: b
 def evaluate_finetune(split_path, receiver_dir, checkpoint, out_path, *, task_name: str, task: dict,
                       receiver_alias: str, batch_size: int, device, dtype) -> Path:
     """Accuracy and time per example of the fine-tuned receiver reading the text, and its trained size."""
-    examples, _ = read_split(split_path)
+    examples, meta = read_split(split_path)
     receiver, payload = load_finetuned(receiver_dir, checkpoint, task, device, dtype)
     examples, truncated = fit_for_receiver(receiver, task, examples, task["prompts"]["text"].format(text=""))
     labels = torch.tensor([e["label"] for e in examples])
@@ -158,6 +158,7 @@ def evaluate_finetune(split_path, receiver_dir, checkpoint, out_path, *, task_na
     predictions = predict_texts(receiver, texts, batch_size, desc=f"{payload['method']} eval")
     base = {"task": task_name, "method": payload["method"], "sender": "", "receiver": receiver_alias, "bridge": "",
             "seed": payload["seed"], "fingerprint": payload["fingerprint"]}
-    rows = rows_for(base, predictions, labels, time.perf_counter() - started)
+    rows = rows_for(base, predictions, labels, time.perf_counter() - started, examples=range(len(labels)),
+                    split=meta["content_sha256"])
     rows += truncated_rows(base, truncated, len(labels))
     return write_rows(rows + [parameters_row(base, payload["trainable_parameters"], len(labels))], out_path)

@@ -335,6 +335,7 @@ def evaluate_relay(relay_path, split_path, receiver_dir, out_path, *, task_name:
     if shots and (not seeds or train_split is None):
         raise ConfigError(f"relay.shots = {shots}: the receiver's demonstrations need the train split and a seed")
     examples, meta = read_split(split_path)
+    position = {e["index"]: i for i, e in enumerate(examples)}  # the example ids of the predictions file
     relays = {row["index"]: row for row in read_jsonl(Path(relay_path))}
     missing = [e["index"] for e in examples if e["index"] not in relays]
     if missing:
@@ -364,6 +365,7 @@ def evaluate_relay(relay_path, split_path, receiver_dir, out_path, *, task_name:
         seconds = time.perf_counter() - started
         base = {"task": task_name, "method": METHODS[mode], "sender": sender_alias, "receiver": receiver_alias,
                 "bridge": "", "seed": seed, "fingerprint": ":".join(parts)}
-        result += rows_for(base, predictions, labels, seconds)
+        result += rows_for(base, predictions, labels, seconds, examples=[position[e["index"]] for e in examples],
+                           split=meta["content_sha256"])
         result += [dict(base, variant="", n=n, metric=metric, value=value) for metric, value in costs]
     return write_rows(result, out_path)

@@ -21,20 +21,46 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .evaluate import COLUMNS  # noqa: E402
+from .errors import DataError  # noqa: E402
+from .evaluate import COLUMNS, PREDICTION_COLUMNS, predictions_path  # noqa: E402
+from .paired import ALPHA, CONTROLS, bridge_tests  # noqa: E402
 
 BRIDGE_COLORS = ["tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:cyan", "tab:olive"]
 STYLE = {"figure.dpi": 120, "axes.spines.top": False, "axes.spines.right": False, "font.size": 9}
 ORDER = ["zero_shot", "prompt_tuning", "bridge", "bridge:shuffled_source", "bridge:zero_source"]
 
 
-def collect(inputs: list[str], out_path: str) -> Path:
+def collect(inputs: list[str], out_path: str, predictions_out: str | None = None,
+            tests_out: str | None = None) -> Path:
+    """Concatenate tidy result CSVs into `out_path`; with `predictions_out`, also their per-example
+    predictions (each result's `<name>.predictions.csv`: required when it has accuracy rows), and with
+    `tests_out` the paired tests of every bridge run against its controls (paired.bridge_tests)."""
     frames = [pd.read_csv(path, keep_default_na=False, dtype=str) for path in inputs]
     table = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_path, index=False)
+    if predictions_out or tests_out:
+        predictions = collect_predictions(inputs, frames)
+        if predictions_out:
+            predictions.to_csv(predictions_out, index=False)
+        if tests_out:
+            bridge_tests(table, predictions).to_csv(tests_out, index=False)
     return out_path
+
+
+def collect_predictions(inputs: list[str], frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The per-example predictions of these result files (every file with accuracy rows must have them)."""
+    parts = []
+    for path, frame in zip(inputs, frames):
+        sibling = predictions_path(path)
+        if sibling.exists():
+            parts.append(pd.read_csv(sibling, keep_default_na=False, dtype=str))
+        elif (frame.metric == "accuracy").any():
+            raise DataError(f"{path} has accuracy rows but no per-example predictions ({sibling}): rerun its job")
+    if not parts:
+        return pd.DataFrame(columns=PREDICTION_COLUMNS)
+    return pd.concat(parts, ignore_index=True).reindex(columns=PREDICTION_COLUMNS)
 
 
 def write_metrics(results_path, out_path) -> Path:
@@ -204,14 +230,75 @@ def _keep_planned(rows: pd.DataFrame, study: dict, why: str, bridge_seeds=None) 
     return rows[keep], not_shown_note(dropped, why)
 
 
-def _write_table(frame: pd.DataFrame, out_prefix, caption: str, label: str) -> None:
+def _write_table(frame: pd.DataFrame, out_prefix, caption: str, label: str, notes: list[str] = ()) -> None:
+    """OUT.md and OUT.tex; `notes` (e.g. the paired tests) go under the table, one line each."""
     if isinstance(frame.index, pd.MultiIndex):  # "sst2 / bridge", not "('sst2', 'bridge')"
         frame = frame.set_axis([" / ".join(map(str, key)) for key in frame.index], axis=0)
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    out_prefix.with_suffix(".md").write_text(f"{caption}\n\n{frame.to_markdown()}\n")
-    out_prefix.with_suffix(".tex").write_text(frame.to_latex(caption=_latex_escape(caption), label=f"tab:{label}",
-                                                             escape=True))
+    md_notes = "".join(f"\n{line}\n\n" if i == 0 else f"- {line}\n" for i, line in enumerate(notes))
+    out_prefix.with_suffix(".md").write_text(f"{caption}\n\n{frame.to_markdown()}\n{md_notes}")
+    latex = frame.to_latex(caption=_latex_escape(caption), label=f"tab:{label}", escape=True)
+    if notes:
+        block = "\\par\\smallskip\\footnotesize\n" + " \\\\\n".join(_latex_escape(line) for line in notes) + "\n"
+        head, tail = latex.rsplit("\\end{table}", 1)
+        latex = head + block + "\\end{table}" + tail
+    out_prefix.with_suffix(".tex").write_text(latex)
+
+
+PAIRED_HEADER = ("Paired tests (McNemar's exact test, two-sided, rows paired by eval example; "
+                 "results/paired_tests.csv): each bridge run against its shuffled-source control, zero-source "
+                 "control and majority class; it beats the best of the three when it is more accurate than the "
+                 f"most accurate one with p < {ALPHA}.")
+
+
+def paired_tests_path(results_path) -> Path:
+    """results/paired_tests.csv beside results/results.csv (written by `collect --paired-tests`)."""
+    return Path(results_path).with_name("paired_tests.csv")
+
+
+def _p_text(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def paired_notes(results_path, shown: pd.DataFrame) -> list[str]:
+    """The notes under a table for the bridge runs it shows (accuracy rows, variant ""): per run (one per seed)
+    the p of the bridge against each control and whether it beats the best of them; [] without bridge runs."""
+    runs = shown[(shown.method == "bridge") & (shown.variant == "") & (shown.metric == "accuracy")]
+    if runs.empty:
+        return []
+    path = paired_tests_path(results_path)
+    if not path.exists():
+        return [PAIRED_HEADER, f"no paired tests: {path.name} not found beside {Path(results_path).name}"]
+    tests = pd.read_csv(path, keep_default_na=False, dtype=str)
+    keys = ["task", "sender", "receiver", "bridge", "seed", "fingerprint"]
+    by_run = {key: part for key, part in tests.groupby(keys, sort=False)}
+    lines, beaten = [], 0
+    runs = runs.assign(order=runs.seed.map(_seed_key)).sort_values(["task", "sender", "receiver", "bridge", "order"])
+    for _, run in runs.iterrows():
+        name = f"{run.task}, {run.sender} -> {run.receiver} ({run.bridge}) seed {run.seed}"
+        part = by_run.get(tuple(str(run[k]) for k in keys))
+        if part is None:
+            lines.append(f"{name}: no paired test in {path.name}")
+            continue
+        ok = part[part.status == "ok"]
+        bridge_acc = float(ok.bridge_accuracy.iloc[0]) if len(ok) else float(run.value)
+        versus = []
+        for _, test in part.iterrows():
+            if test.status == "ok":
+                versus.append(f"{CONTROLS[test.control]} {float(test.control_accuracy):.3f} "
+                              f"(p = {_p_text(float(test.p_value))})")
+            else:
+                versus.append(f"{CONTROLS.get(test.control, test.control)}: {test.status}")
+        best = ok[ok.best_control == "True"]
+        verdict = "yes" if (part.beats_best == "True").any() else "no"
+        beaten += verdict == "yes"
+        best_text = (f"{CONTROLS[best.control.iloc[0]]} {float(best.control_accuracy.iloc[0]):.3f}"
+                     if len(best) else "none tested")
+        n = f"n={ok.n.iloc[0]}" if len(ok) else _n_text(n_values([run.n]))
+        lines.append(f"{name}: bridge {bridge_acc:.3f} ({n}) vs " + ", ".join(versus)
+                     + f"; best control: {best_text}; beaten: {verdict}")
+    return [PAIRED_HEADER + f" {beaten} of {len(runs)} bridge runs beat their best control."] + lines
 
 
 def _latex_escape(text: str) -> str:
@@ -278,7 +365,8 @@ def table2_main(results_path, out_prefix, study: dict) -> None:
     """Every task x {random, majority class, prompt tuning, each model 0-shot and k-shot, text relay, bridge}."""
     results, dropped = _main_rows(read_results(results_path), study, study["tasks"])
     wide = _accuracy_by_task(results, "table2_main")
-    _write_table(wide, out_prefix, _accuracy_caption("Table 2: accuracy on every task.", results, dropped), "main")
+    _write_table(wide, out_prefix, _accuracy_caption("Table 2: accuracy on every task.", results, dropped), "main",
+                 paired_notes(results_path, results))
 
 
 def table9_reasoning(results_path, out_prefix, study: dict) -> None:
@@ -288,7 +376,8 @@ def table9_reasoning(results_path, out_prefix, study: dict) -> None:
         raise ValueError("table9_reasoning: study.tasks has none of " + ", ".join(REASONING_TASKS))
     results, dropped = _main_rows(read_results(results_path), study, tasks)
     wide = _accuracy_by_task(results, "table9_reasoning")
-    _write_table(wide, out_prefix, _accuracy_caption("Table 9: reasoning tasks.", results, dropped), "reasoning")
+    _write_table(wide, out_prefix, _accuracy_caption("Table 9: reasoning tasks.", results, dropped), "reasoning",
+                 paired_notes(results_path, results))
 
 
 def _first_pair_bridges(results: pd.DataFrame, study: dict, tasks, bridges) -> pd.DataFrame:
@@ -332,7 +421,8 @@ def table1_architectures(results_path, out_prefix, study: dict) -> None:
     first = study["pairs"][0]
     _write_table(wide, out_prefix, _caption(
         f"Table 1: bridge architectures, {first['sender']} -> {first['receiver']}, seeds {study['sweep_seeds']}, "
-        "equal step budgets; n = evaluation rows scored.", unequal, dropped), "architectures")
+        "equal step budgets; n = evaluation rows scored.", unequal, dropped), "architectures",
+        paired_notes(results_path, rows))
 
 
 def _variant_value(bridge: str, key: str):
@@ -385,17 +475,22 @@ def table10_hyperparameters(results_path, out_prefix, study: dict) -> None:
         "hyperparameters")
 
 
-def _pair_table(results: pd.DataFrame, study: dict, tasks, sweep: bool) -> tuple[pd.DataFrame, str]:
-    """The main bridge per pair and task: stats with cells, and the notes (unequal n, rows not shown).
-    sweep: every pair on study.sweep_seeds (table 6); else each pair on its own seeds (table 8)."""
+def _pair_rows(results: pd.DataFrame, study: dict, tasks, sweep: bool) -> tuple[pd.DataFrame, str]:
+    """The main bridge's accuracy rows of every pair on the planned seeds (see _pair_table), and the note
+    naming the rows left out."""
     main = study["bridges"][0]
     rows = results[(results.method == "bridge") & (results.bridge == main) & results.task.isin(tasks)
                    & (results.variant == "") & (results.metric == "accuracy")]
     if sweep:
-        rows, dropped = _keep_planned(rows, study, f"seeds outside study.sweep_seeds {study['sweep_seeds']}",
-                                      bridge_seeds=study["sweep_seeds"])
-    else:
-        rows, dropped = _keep_planned(rows, study, "seeds the config did not plan for that pair")
+        return _keep_planned(rows, study, f"seeds outside study.sweep_seeds {study['sweep_seeds']}",
+                             bridge_seeds=study["sweep_seeds"])
+    return _keep_planned(rows, study, "seeds the config did not plan for that pair")
+
+
+def _pair_table(results: pd.DataFrame, study: dict, tasks, sweep: bool) -> tuple[pd.DataFrame, str]:
+    """The main bridge per pair and task: stats with cells, and the notes (unequal n, rows not shown).
+    sweep: every pair on study.sweep_seeds (table 6); else each pair on its own seeds (table 8)."""
+    rows, dropped = _pair_rows(results, study, tasks, sweep)
     rows = rows.assign(pair=rows.sender + " -> " + rows.receiver,
                        kind=(rows.sender == rows.receiver).map({True: "same model", False: "cross model"}))
     stats = rows.groupby(["kind", "pair", "task"]).agg(mean=("value", "mean"), std=("value", "std"),
@@ -433,14 +528,17 @@ def fig4_same_vs_cross(results_path, out_prefix, study: dict) -> None:
 
 def table8_bidirectional(results_path, out_prefix, study: dict) -> None:
     """Both directions of the main bridge on every task."""
-    stats, notes = _pair_table(read_results(results_path), study, study["tasks"], sweep=False)
+    results = read_results(results_path)
+    stats, notes = _pair_table(results, study, study["tasks"], sweep=False)
     stats = stats[stats.kind == "cross model"]
+    shown, _ = _pair_rows(results, study, study["tasks"], sweep=False)
     wide = stats.pivot_table(index="task", columns="pair", values="cell", aggfunc="first").fillna("–")
     seeds = "; ".join(f"{p['sender']} -> {p['receiver']}: {pair_seeds(study, p['sender'], p['receiver'])}"
                       for p in study["pairs"])
     _write_table(wide.rename_axis(columns=None), out_prefix, _caption(
         f"Table 8: both directions of the main bridge ({study['bridges'][0]}), seeds {seeds}; "
-        "n = evaluation rows scored.", notes), "bidirectional")
+        "n = evaluation rows scored.", notes), "bidirectional",
+        paired_notes(results_path, shown[shown.sender != shown.receiver]))
 
 
 def fig2_bridge_vs_prompt_tuning(results_path, out_prefix, study: dict) -> None:

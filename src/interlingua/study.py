@@ -150,6 +150,12 @@ def study_results(config: dict) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
+def study_predictions(config: dict) -> list[str]:
+    """The per-example predictions beside every result file with accuracy rows (all but the speed jobs')."""
+    from .evaluate import predictions_path
+    return [str(predictions_path(path)) for path in study_results(config) if not path.startswith("results/speed/")]
+
+
 def study_checkpoints(config: dict) -> list[str]:
     study = config["study"]
     out = [bridge_checkpoint(r) for r in bridge_runs(config)]

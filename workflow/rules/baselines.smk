@@ -7,7 +7,8 @@ rule eval_random:
     input:
         split=lambda w: task_input(w.task, "eval"),
     output:
-        "results/random/{task}.csv",
+        result="results/random/{task}.csv",
+        predictions="results/random/{task}.predictions.csv",
     params:
         spec=lambda w: spec(task=prompt_spec(config["tasks"][w.task]), seeds=STUDY["seeds"],
                             data=task_request(w.task, "eval")),
@@ -15,7 +16,8 @@ rule eval_random:
     log:
         "logs/eval_random/{task}.log",
     shell:
-        "{CLI} eval-random --task {wildcards.task} --split {input.split} --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "{CLI} eval-random --task {wildcards.task} --split {input.split} --spec {params.spec:q} "
+        "--out {output.result} > {log} 2>&1"
 
 
 rule eval_majority:
@@ -24,7 +26,8 @@ rule eval_majority:
         train=lambda w: task_input(w.task, "train"),
         split=lambda w: task_input(w.task, "eval"),
     output:
-        "results/majority/{task}.csv",
+        result="results/majority/{task}.csv",
+        predictions="results/majority/{task}.predictions.csv",
     params:
         spec=lambda w: spec(task=prompt_spec(config["tasks"][w.task]),
                             data=[task_request(w.task, "train"), task_request(w.task, "eval")]),
@@ -33,7 +36,7 @@ rule eval_majority:
         "logs/eval_majority/{task}.log",
     shell:
         "{CLI} eval-majority --task {wildcards.task} --train-split {input.train} --split {input.split} "
-        "--spec {params.spec:q} --out {output} > {log} 2>&1"
+        "--spec {params.spec:q} --out {output.result} > {log} 2>&1"
 
 
 rule eval_few_shot:
@@ -43,7 +46,8 @@ rule eval_few_shot:
         split=lambda w: task_input(w.task, "eval"),
         model=lambda w: model_input(w.model),
     output:
-        "results/few_shot/{model}/{task}/seed{seed}.csv",
+        result="results/few_shot/{model}/{task}/seed{seed}.csv",
+        predictions="results/few_shot/{model}/{task}/seed{seed}.predictions.csv",
     params:
         spec=lambda w: eval_request(w, model=model_request(w.model), few_shot=config["few_shot"],
                                     data=[task_request(w.task, "train"), task_request(w.task, "eval")]),
@@ -55,7 +59,7 @@ rule eval_few_shot:
     shell:
         "{CLI} eval-few-shot --task {wildcards.task} --alias {wildcards.model} --train-split {input.train} "
         "--split {input.split} --model-dir {input.model} --seed {wildcards.seed} --spec {params.spec:q} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "--threads {threads} --out {output.result} > {log} 2>&1"
 
 
 RELAY_MODES = {"text_relay": "summary", "cot_relay": "cot"}
@@ -107,7 +111,8 @@ rule eval_relay:
         split=lambda w: task_input(w.task, "eval"),
         receiver=lambda w: model_input(w.receiver),
     output:
-        "results/relay/{mode}/{sender}/{receiver}/{task}.csv",
+        result="results/relay/{mode}/{sender}/{receiver}/{task}.csv",
+        predictions="results/relay/{mode}/{sender}/{receiver}/{task}.predictions.csv",
     params:
         mode=lambda w: RELAY_MODES[w.mode],
         spec=relay_eval_request,
@@ -117,7 +122,8 @@ rule eval_relay:
     shell:
         "{CLI} eval-relay --task {wildcards.task} --mode {params.mode} --sender {wildcards.sender} "
         "--receiver {wildcards.receiver} --relay {input.relay} --train-split {input.train} --split {input.split} "
-        "--receiver-dir {input.receiver} --spec {params.spec:q} --threads {threads} --out {output} > {log} 2>&1"
+        "--receiver-dir {input.receiver} --spec {params.spec:q} --threads {threads} --out {output.result} "
+        "> {log} 2>&1"
 
 
 rule train_finetune:
@@ -147,7 +153,8 @@ rule eval_finetune:
         checkpoint=lambda w: unless_rerun(
             f"data/checkpoints/finetune/{w.method}/{w.receiver}/{w.task}/seed{w.seed}.pt", spec(**finetune_request(w))),
     output:
-        "results/finetune/{method}/{receiver}/{task}/seed{seed}.csv",
+        result="results/finetune/{method}/{receiver}/{task}/seed{seed}.csv",
+        predictions="results/finetune/{method}/{receiver}/{task}/seed{seed}.predictions.csv",
     params:
         spec=lambda w: eval_request(w, data=task_request(w.task, "eval"), checkpoint=finetune_request(w)),
         code=code("eval-finetune"),
@@ -156,4 +163,4 @@ rule eval_finetune:
     shell:
         "{CLI} eval-finetune --task {wildcards.task} --receiver {wildcards.receiver} --split {input.split} "
         "--receiver-dir {input.receiver} --checkpoint {input.checkpoint} --spec {params.spec:q} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "--threads {threads} --out {output.result} > {log} 2>&1"

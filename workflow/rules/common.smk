@@ -259,6 +259,15 @@ def result_inputs():
     return [unless_rerun(path, producer_params(path)["spec"]) for path in study_results()]
 
 
+def prediction_inputs():
+    """The per-example predictions beside the results; the job that writes a result writes them too, so
+    they are current exactly when it is (looked up by the result's path: aliases may hold dots)."""
+    from interlingua.evaluate import predictions_path
+
+    result_of = {str(predictions_path(path)): path for path in study_results()}
+    return [unless_rerun(path, producer_params(result_of[path])["spec"]) for path in study_plan.study_predictions(config)]
+
+
 @functools.cache
 def results_request():
     """What decides results/results.csv: a fingerprint of the params (requests and code) of the job that

@@ -4,7 +4,8 @@ rule eval_zero_shot:
         split=lambda w: task_input(w.task, "eval"),
         model=lambda w: model_input(w.model),
     output:
-        "results/zero_shot/{model}/{task}.csv",
+        result="results/zero_shot/{model}/{task}.csv",
+        predictions="results/zero_shot/{model}/{task}.predictions.csv",
     params:
         spec=lambda w: eval_request(w, model=model_request(w.model), data=task_request(w.task, "eval")),
         code=code("eval-zero-shot"),
@@ -14,4 +15,4 @@ rule eval_zero_shot:
         "results/benchmarks/eval_zero_shot/{model}/{task}.tsv"
     shell:
         "{CLI} eval-zero-shot --task {wildcards.task} --alias {wildcards.model} --split {input.split} "
-        "--model-dir {input.model} --spec {params.spec:q} --threads {threads} --out {output} > {log} 2>&1"
+        "--model-dir {input.model} --spec {params.spec:q} --threads {threads} --out {output.result} > {log} 2>&1"

@@ -1,17 +1,22 @@
 rule collect_results:
-    """All tidy result files of the study in one table (one row per run x metric)."""
+    """All tidy result files of the study in one table (one row per run x metric), their per-example
+    predictions in another, and the paired (McNemar) tests of every bridge run against its controls."""
     input:
-        lambda w: result_inputs(),  # ancient() unless rewritten now; their requests are in params
+        results=lambda w: result_inputs(),  # ancient() unless rewritten now; their requests are in params
+        predictions=lambda w: prediction_inputs(),
     output:
         table="results/results.csv",
         metrics="results/metrics.json",
+        predictions="results/predictions.csv",
+        paired_tests="results/paired_tests.csv",
     params:
         spec=lambda w: results_request(),
         code=code("collect"),
     log:
         "logs/collect_results.log",
     shell:
-        "{CLI} collect --out {output.table} --metrics {output.metrics} {input} > {log} 2>&1"
+        "{CLI} collect --out {output.table} --metrics {output.metrics} --predictions {output.predictions} "
+        "--paired-tests {output.paired_tests} {input.results} > {log} 2>&1"
 
 
 def report_spec():
@@ -23,7 +28,8 @@ rule report:
     """Every table and figure of the study from the tidy results, in one job (each is one function of
     report.py named after its file)."""
     input:
-        lambda w: unless_rerun("results/results.csv", results_request()),  # what decides it is in params
+        results=lambda w: unless_rerun("results/results.csv", results_request()),  # what decides it is in params
+        paired_tests=lambda w: unless_rerun("results/paired_tests.csv", results_request()),  # the paired-test notes
     output:
         study_plan.report_outputs(config),
     params:
@@ -34,7 +40,7 @@ rule report:
     log:
         "logs/report/report.log",
     shell:
-        "{CLI} report {params.names} --results {input} --spec {params.spec:q} --out-dir figures > {log} 2>&1"
+        "{CLI} report {params.names} --results {input.results} --spec {params.spec:q} --out-dir figures > {log} 2>&1"
 
 
 rule figures_readme:

@@ -24,3 +24,4 @@ rule checkpoints:
 rule evaluations:
     input:
         "results/results.csv",
+        "results/paired_tests.csv",

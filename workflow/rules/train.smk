@@ -20,6 +20,7 @@ rule train_bridge:
     output:
         checkpoint="data/checkpoints/{bridge}/{sender}/{receiver}/{task}/seed{seed}.pt",
         result="results/bridge/{bridge}/{sender}/{receiver}/{task}/seed{seed}.csv",
+        predictions="results/bridge/{bridge}/{sender}/{receiver}/{task}/seed{seed}.predictions.csv",
     params:
         store=store_dir("train"),
         eval_store=store_dir("eval"),
@@ -47,6 +48,7 @@ rule train_prompt_tuning:
     output:
         checkpoint="data/checkpoints/prompt_tuning/{receiver}/{task}/seed{seed}.pt",
         result="results/prompt_tuning/{receiver}/{task}/seed{seed}.csv",
+        predictions="results/prompt_tuning/{receiver}/{task}/seed{seed}.predictions.csv",
     params:
         spec=lambda w: spec(**prompt_tuning_request(w), evaluate=evaluate_request(data=task_request(w.task, "eval"))),
         code=code("train-prompt-tuning"),
