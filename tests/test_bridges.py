@@ -8,6 +8,7 @@ import yaml
 from interlingua import zoo
 from interlingua.bridges import REGISTRY, bridge_config, build_bridge, is_trainable
 from interlingua.bridges.identity import fixed_projection
+from interlingua.bridges.input_norm import SenderInputNorm, token_statistics
 from interlingua.errors import ConfigError
 from interlingua.receiver import Receiver, diversity_penalty, embedding_rms
 
@@ -21,9 +22,9 @@ KINDS = sorted(REGISTRY)
 TRAINABLE = [kind for kind in KINDS if kind != "identity"]
 
 
-def make_bridge(kind="perceiver", sender_dim=D_S, receiver_dim=D_R, **overrides):
+def make_bridge(kind="perceiver", sender_dim=D_S, receiver_dim=D_R, seed=0, **overrides):
     spec = {"type": kind, "source_layer": 2, "num_queries": M, **SMALL[kind], **overrides}
-    return build_bridge(kind, bridge_config("p", spec, sender_dim=sender_dim, receiver_dim=receiver_dim))
+    return build_bridge(kind, bridge_config("p", spec, sender_dim=sender_dim, receiver_dim=receiver_dim, seed=seed))
 
 
 def lengths_mask(lengths, total):
@@ -202,3 +203,68 @@ def test_diversity_penalty_is_high_for_identical_tokens():
     same = torch.ones(4, 3, 8)
     assert diversity_penalty(same).item() == pytest.approx(1.0)
     assert diversity_penalty(torch.randn(64, 3, 8)).abs().item() < 0.2
+
+
+# -- the sender input norm (bridges/input_norm.py) -------------------------------------------------
+def sink_states(batch=6, length=9, seed=0):
+    """Random states whose first position is an attention sink: huge on one dimension, same for all rows."""
+    states = torch.randn(batch, length, D_S, generator=torch.Generator().manual_seed(seed)) + 3.0  # shared offset
+    states[:, 0] = 0.0
+    states[:, 0, 5] = 500.0                                                   # norm 500 against ~16
+    return states
+
+
+def test_token_statistics_match_the_direct_computation_without_sinks():
+    states = sink_states()
+    rows = [states[i, :n] for i, n in enumerate([9, 4, 7, 9, 2, 5])]
+    mean, std, sink_norm = token_statistics(lambda: iter(rows))
+    flat = torch.cat(rows)
+    kept = flat[flat.norm(dim=-1) < 100]
+    assert len(kept) == len(flat) - len(rows)                                 # exactly the sinks dropped
+    assert sink_norm == pytest.approx(10 * flat.norm(dim=-1).median().item())
+    torch.testing.assert_close(mean, kept.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(std, kept.std(0, unbiased=False), atol=1e-4, rtol=1e-4)
+
+
+def test_input_norm_masks_sinks_and_standardizes():
+    norm = SenderInputNorm(D_S)
+    states, mask = sink_states(), lengths_mask([9, 9, 5, 1, 9, 3], 9)
+    same_states, same_mask = norm(states, mask)                               # unfitted: the identity
+    assert torch.equal(same_states, states) and torch.equal(same_mask, mask)
+    mean, std, sink_norm = token_statistics(lambda: (states[i, :n] for i, n in enumerate([9, 9, 5, 1, 9, 3])))
+    norm.fit(mean, std, sink_norm)
+    out, keep = norm(states, mask)
+    assert not keep[[0, 1, 2, 4, 5], 0].any() and torch.equal(keep[:, 1:], mask[:, 1:])
+    assert keep[3, 0]                                                         # a row of one sink keeps it
+    torch.testing.assert_close(out, (states - mean) / std)
+    real = out[keep & (states.norm(dim=-1) < 100)]                           # the statistics' own tokens
+    assert real.mean(0).abs().max() < 0.05 and (real.std(0) - 1).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("kind", TRAINABLE)
+def test_fitted_bridges_ignore_the_sink_and_see_the_example(kind):
+    """The Perceiver's collapse: the sink, the same for every example, must not drive the soft tokens."""
+    bridge = make_bridge(kind).eval()
+    states, mask = sink_states(), lengths_mask([9] * 6, 9)
+    bridge.fit_input(*token_statistics(lambda: iter(states)))
+    other_sink = states.clone()
+    other_sink[:, 0, 5], other_sink[:, 0, 7] = 900.0, -300.0                   # another sink vector entirely
+    with torch.no_grad():
+        torch.testing.assert_close(bridge(other_sink, mask), bridge(states, mask))
+        assert not torch.allclose(bridge(states.flip(0), mask), bridge(states, mask))  # the rest is read
+
+
+def test_fitted_input_norm_round_trips_with_the_checkpoint():
+    bridge = make_bridge("perceiver")
+    bridge.fit_input(torch.full((D_S,), 2.0), torch.full((D_S,), 3.0), 77.0)
+    again = make_bridge("perceiver")
+    again.load_state_dict(bridge.state_dict())
+    assert again.sender_norm.sink_norm.item() == 77.0 and torch.equal(again.sender_norm.std, bridge.sender_norm.std)
+
+
+def test_identity_projection_follows_the_run_seed_and_seed_is_not_a_config_key():
+    spec = {"type": "identity", "source_layer": 2, "num_queries": M}
+    first, second = (build_bridge("identity", bridge_config("i", spec, D_S, D_R, seed=s)) for s in (0, 1))
+    assert not torch.equal(first.projection, second.projection)
+    with pytest.raises(ConfigError, match="seed"):
+        bridge_config("i", {**spec, "seed": 3}, D_S, D_R)

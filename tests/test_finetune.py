@@ -13,7 +13,7 @@ from interlingua.train import resume_path_for, train_bridge, train_prompt_tuning
 
 CPU, F32 = torch.device("cpu"), torch.float32
 TRAIN = {"steps": 6, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.01, "warmup_steps": 2, "grad_clip": 1.0,
-         "diversity_weight": 0.1, "checkpoint_every": 2}
+         "diversity_weight": 0.1, "checkpoint_every": 2, "loss": "labels"}
 LORA = {"method": "lora", "rank": 8, "alpha": 16, "lr": 1e-2}
 LAST2 = {"method": "last_layers", "layers": 2, "lr": 1e-3}
 # Tiny Gemma-3 (d=48, 2 heads x 24 = 48 for q, 1 kv head x 24, MLP 96, 3 blocks):
@@ -174,7 +174,9 @@ def test_bridge_and_prompt_tuning_report_trainable_parameters(split, tiny_models
                                         batch_size=8, device=CPU, dtype=F32))
     counted = frame[frame.metric == "trainable_parameters"]
     payload = torch.load(bridge, weights_only=False)
-    parameters = sum(t.numel() for name, t in payload["state_dict"].items() if name != "alpha")  # not the buffer
+    buffers = {"alpha", "sender_norm.mean", "sender_norm.std", "sender_norm.sink_norm"}  # fitted, not learned
+    assert buffers <= set(payload["state_dict"])
+    parameters = sum(t.numel() for name, t in payload["state_dict"].items() if name not in buffers)
     assert len(counted) == 1 and counted.value.item() == parameters
 
 

@@ -209,3 +209,31 @@ def test_verbalizer_trie_normalises_a_branch_over_its_continuations():
     assert trie.paths == [[1, 3]]
     node = {tuple(path[:j + 1]): n for path, nodes in zip(trie.paths, trie.path_nodes) for j, n in enumerate(nodes)}
     assert trie.candidates[node[(1,)]] == [2, 3] and trie.candidates[node[1, 3]] is None
+
+
+def test_label_loss_over_labels_is_the_cross_entropy_of_the_scores_evaluation_ranks(tiny_models):
+    receiver = receiver_for(tiny_models, [" good", " bad", " fine"])
+    assert receiver.first_token_scoring
+    soft = torch.randn(3, 4, receiver.embed.embedding_dim, requires_grad=True)
+    labels, weights = torch.tensor([0, 2, 1]), torch.tensor([1.0, 3.0, 2.0])
+    prompt = receiver.soft_prompt(soft, "Q:{soft_tokens}A:")
+    scores = receiver.class_scores(prompt)                                         # (B, C): what evaluation ranks
+    expected = (torch.nn.functional.cross_entropy(scores, labels, reduction="none") * weights).sum() / weights.sum()
+    loss = receiver.label_loss(prompt, labels, weights=weights)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, soft)
+    assert grad.abs().sum() > 0
+    # the vocabulary loss is larger: the same gold logit under a bigger normaliser
+    vocabulary = receiver.label_loss(prompt, labels, weights=weights, over="vocabulary")
+    assert vocabulary > loss
+    with pytest.raises(ValueError, match="labels"):
+        receiver.label_loss(prompt, labels, over="tokens")
+
+
+def test_label_loss_over_labels_falls_back_to_the_vocabulary_for_shared_first_tokens(tiny_models):
+    receiver = receiver_for(tiny_models, RAGGED)
+    assert not receiver.first_token_scoring
+    soft = torch.randn(2, 4, receiver.embed.embedding_dim)
+    prompt = receiver.soft_prompt(soft, "Q:{soft_tokens}A:")
+    labels = torch.tensor([3, 1])
+    torch.testing.assert_close(receiver.label_loss(prompt, labels), receiver.label_loss(prompt, labels, over="vocabulary"))

@@ -17,7 +17,7 @@ from interlingua.train import train_bridge
 
 CPU = torch.device("cpu")
 TRAIN = {"steps": 2, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.01, "warmup_steps": 1, "grad_clip": 1.0,
-         "diversity_weight": 0.1, "checkpoint_every": 100}
+         "diversity_weight": 0.1, "checkpoint_every": 100, "loss": "labels"}
 BRIDGE = {"type": "perceiver", "source_layer": 2, "dim": 32, "num_queries": 4, "depth": 1, "heads": 2}
 LATENCY = {"bridge": ["latency_seconds", "latency_sender_encode_seconds", "latency_bridge_seconds",
                       "latency_receiver_seconds"],

@@ -7,7 +7,7 @@ from interlingua.tasks import materialize_split
 from interlingua.train import batches, resume_path_for, train_bridge
 
 TRAIN = {"steps": 6, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.01, "warmup_steps": 2, "grad_clip": 1.0,
-         "diversity_weight": 0.1, "checkpoint_every": 2}
+         "diversity_weight": 0.1, "checkpoint_every": 2, "loss": "labels"}
 BRIDGE = {"type": "perceiver", "source_layer": 2, "dim": 32, "num_queries": 4, "depth": 1, "heads": 2}
 
 

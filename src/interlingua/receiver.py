@@ -254,9 +254,28 @@ class Receiver:
             logprobs = self._head(hidden).log_softmax(-1).gather(-1, ids.reshape(-1, 1)).squeeze(-1)
         return logprobs.view(ids.shape), valid
 
-    def label_loss(self, prompt: Prompt, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy over the gold verbalizer's tokens (mean over tokens). weights (B,): row b counts
-        as weights[b] identical rows (prompt tuning: one row per distinct label stands for the batch)."""
+    def label_loss(self, prompt: Prompt, labels: torch.Tensor, weights: torch.Tensor | None = None,
+                   over: str = "labels") -> torch.Tensor:
+        """Cross-entropy of the gold label. weights (B,): row b counts as weights[b] identical rows (prompt
+        tuning: one row per distinct label stands for the batch).
+
+        over="labels": the softmax runs over the C verbalizers' first-token logits, exactly the scores
+        evaluation ranks (`class_scores`), so training optimises what is scored. Under the vocabulary
+        softmax a fresh soft prompt first has to make the label words likely at all (SST-2 starts at ~4
+        nats for 2 classes), and the quickest way there is one prompt for every example: the bridge
+        collapses before it reads its input. Labels that share first tokens (Banking77) have no such
+        C-way softmax without constrained decoding, which does not run under autograd here: they use
+        the vocabulary loss.
+        over="vocabulary": the gold verbalizer's tokens under the full-vocabulary softmax (mean over tokens).
+        """
+        if over not in ("labels", "vocabulary"):
+            raise ValueError(f"label_loss over {over!r}: 'labels' or 'vocabulary'")
+        if over == "labels" and self.first_token_scoring:
+            firsts = torch.tensor([ids[0] for ids in self.verbalizer_ids], device=self.device)
+            scores = self._head(self._last_hidden(prompt, keep=1), firsts)                # (B, C)
+            nll = torch.nn.functional.cross_entropy(scores, labels.to(self.device), reduction="none")  # (B,)
+            weight = torch.ones_like(nll) if weights is None else weights.to(nll)
+            return (nll * weight).sum() / weight.sum()
         logprobs, valid = self.target_logprobs(prompt, [self.verbalizer_ids[int(y)] for y in labels])
         if weights is not None:
             valid = valid * weights.to(valid.device, valid.dtype)[:, None]

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import zoo
 from .bridges import bridge_config, build_bridge, is_trainable
+from .bridges.input_norm import token_statistics
 from .errors import DataError
 from .fingerprint import fingerprint
 from .receiver import Receiver, diversity_penalty, embedding_rms
@@ -106,10 +107,10 @@ def fit(module: nn.Module, make_prompt, labels: torch.Tensor, receiver: Receiver
         if input_free:
             targets, counts = labels[rows].unique(return_counts=True)
             prompt, soft = make_prompt(rows[:len(targets)])  # which rows does not matter: same prompt
-            terms = {"ce": receiver.label_loss(prompt, targets, weights=counts)}
+            terms = {"ce": receiver.label_loss(prompt, targets, weights=counts, over=train["loss"])}
         else:
             prompt, soft = make_prompt(rows)
-            terms = {"ce": receiver.label_loss(prompt, labels[rows])}
+            terms = {"ce": receiver.label_loss(prompt, labels[rows], over=train["loss"])}
         loss = terms["ce"]
         if soft is not None:  # soft tokens: penalise their collapse to one prompt for every example
             terms["diversity"] = diversity_penalty(soft)
@@ -155,12 +156,14 @@ def train_bridge(store_path, receiver_dir, out_path, *, bridge_name: str, bridge
     store = ActivationStore(store_path, request=store_request)
     model = zoo.load_model(receiver_dir, device, dtype)
     receiver = Receiver(model, zoo.load_tokenizer(receiver_dir), task["verbalizers"])
-    config = bridge_config(bridge_name, bridge_spec, store.hidden_size, model.get_input_embeddings().embedding_dim)
+    config = bridge_config(bridge_name, bridge_spec, store.hidden_size, model.get_input_embeddings().embedding_dim,
+                           seed=seed)
     if config.source_layer not in store.layers:
         raise DataError(f"{store_path}: layer {config.source_layer} not stored (has {store.layers})")
     torch.manual_seed(seed)
     bridge = build_bridge(bridge_spec["type"], config).to(device)
     bridge.calibrate(embedding_rms(model))
+    bridge.fit_input(*token_statistics(lambda: (store.row_hidden(r, config.source_layer) for r in range(len(store)))))
 
     def soft_tokens(rows):
         states, mask, _ = store.batch(rows, config.source_layer, torch.float32, device)

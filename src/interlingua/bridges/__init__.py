@@ -35,19 +35,24 @@ REGISTRY = {
 }
 
 
-def bridge_config(name: str, spec: dict, sender_dim: int, receiver_dim: int):
-    """Dataclass config from a config entry; unknown keys are an error naming them."""
+def bridge_config(name: str, spec: dict, sender_dim: int, receiver_dim: int, seed: int = 0):
+    """Dataclass config from a config entry; unknown keys are an error naming them. A bridge whose
+    config has a `seed` (identity's fixed projection) takes the run's seed: it is not a config key, so
+    the seeds of a sweep are different runs, never one run shown three times."""
     spec = dict(spec)
     kind = spec.pop("type")
     if kind not in REGISTRY:
         raise ConfigError(f"config key 'bridges.{name}.type': unknown bridge type '{kind}' "
                           f"(known: {sorted(REGISTRY)})")
     config_class, _ = REGISTRY[kind]
-    allowed = {f.name for f in dataclasses.fields(config_class)} - {"sender_dim", "receiver_dim"}
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    allowed = fields - {"sender_dim", "receiver_dim", "seed"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ConfigError(f"config key 'bridges.{name}': unknown option(s) {unknown} for type '{kind}' "
                           f"(allowed: {sorted(allowed)})")
+    if "seed" in fields:
+        spec["seed"] = seed
     return config_class(sender_dim=sender_dim, receiver_dim=receiver_dim, **spec)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .base import SoftTokenBridge
+from .input_norm import SenderInputNorm
 
 
 @dataclass
@@ -83,7 +84,8 @@ class DiffusionBridge(SoftTokenBridge):
         super().__init__()
         self.config = config
         d = config.dim
-        self.input_norm = nn.LayerNorm(config.sender_dim)  # mid-layer states have large, uneven norms
+        self.sender_norm = SenderInputNorm(config.sender_dim)  # sinks masked, standardized (fitted)
+        self.input_norm = nn.LayerNorm(config.sender_dim)
         self.input_proj = nn.Linear(config.sender_dim, d)
         self.slot_embedding = nn.Parameter(torch.randn(config.num_queries, d) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
@@ -111,6 +113,7 @@ class DiffusionBridge(SoftTokenBridge):
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
+        states, mask = self.sender_norm(states, mask)                     # sinks masked out
         K = self.config.steps
         context = self.input_proj(self.input_norm(states))                               # (B, T, d), once
         times = torch.arange(K, -1, -1, device=states.device, dtype=context.dtype) / K  # (K+1,): 1, ..., 0

@@ -2,7 +2,7 @@
 
 The last M real tokens (by the mask, so left- and right-padding give the same result) -> when
 d_s == d_r the states themselves, otherwise a fixed seeded random projection d_s -> d_r with
-orthonormal columns (or rows, if d_s < d_r) held in a buffer -> RMS norm times alpha. A sequence
+orthonormal columns (or rows, if d_s < d_r) held in a buffer, drawn from the run's seed -> RMS norm times alpha. A sequence
 shorter than M fills the leading slots with its first real token. Tests: is the sender's
 representation directly usable by the receiver, i.e. how much does the learned bridge itself add?
 
@@ -24,7 +24,7 @@ class IdentityConfig:
     receiver_dim: int          # d_r: embedding size of the receiver
     source_layer: int = 15     # sender layer the bridge reads (0 = embeddings)
     num_queries: int = 8       # M: soft tokens emitted (the last M real tokens)
-    seed: int = 0              # seed of the fixed projection (used only when d_s != d_r)
+    seed: int = 0              # seed of the fixed projection (used only when d_s != d_r): the run's seed
 
 
 def fixed_projection(d_in: int, d_out: int, seed: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .base import SoftTokenBridge
+from .input_norm import SenderInputNorm
 from .pooling import masked_mean
 
 
@@ -28,11 +29,13 @@ class LinearBridge(SoftTokenBridge):
     def __init__(self, config: LinearConfig):
         super().__init__()
         self.config = config
-        self.input_norm = nn.LayerNorm(config.sender_dim)  # per token, before pooling (as the Perceiver)
+        self.sender_norm = SenderInputNorm(config.sender_dim)  # sinks masked, standardized (fitted)
+        self.input_norm = nn.LayerNorm(config.sender_dim)
         self.proj = nn.Linear(config.sender_dim, config.num_queries * config.receiver_dim)
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
+        states, mask = self.sender_norm(states, mask)                     # sinks masked out
         pooled = masked_mean(self.input_norm(states), mask)                   # (B, d_s)
         soft = self.proj(pooled).view(len(pooled), self.config.num_queries, -1)  # (B, M, d_r)
         return self.scale(soft)                               # (B, M, d_r), RMS = alpha

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import SoftTokenBridge
+from .input_norm import SenderInputNorm
 from .pooling import masked_mean
 
 
@@ -30,12 +31,14 @@ class MeanPoolBridge(SoftTokenBridge):
     def __init__(self, config: MeanPoolConfig):
         super().__init__()
         self.config = config
-        self.input_norm = nn.LayerNorm(config.sender_dim)  # per token, before pooling (as the Perceiver)
+        self.sender_norm = SenderInputNorm(config.sender_dim)  # sinks masked, standardized (fitted)
+        self.input_norm = nn.LayerNorm(config.sender_dim)
         self.proj = nn.Linear(config.sender_dim, config.receiver_dim)
         self.slot_offsets = nn.Parameter(torch.randn(config.num_queries, config.receiver_dim) * 0.02)
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
+        states, mask = self.sender_norm(states, mask)                     # sinks masked out
         pooled = self.proj(masked_mean(self.input_norm(states), mask))   # (B, d_r)
         soft = pooled.unsqueeze(1) + self.slot_offsets                   # (B, M, d_r)
         return self.scale(soft)                          # (B, M, d_r), RMS = alpha

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .base import SoftTokenBridge
+from .input_norm import SenderInputNorm
 from .pooling import masked_mean
 
 
@@ -29,12 +30,14 @@ class MLPBridge(SoftTokenBridge):
     def __init__(self, config: MLPConfig):
         super().__init__()
         self.config = config
-        self.input_norm = nn.LayerNorm(config.sender_dim)  # per token, before pooling (as the Perceiver)
+        self.sender_norm = SenderInputNorm(config.sender_dim)  # sinks masked, standardized (fitted)
+        self.input_norm = nn.LayerNorm(config.sender_dim)
         self.mlp = nn.Sequential(nn.Linear(config.sender_dim, config.hidden_dim), nn.GELU(), nn.Dropout(config.dropout),
                                  nn.Linear(config.hidden_dim, config.num_queries * config.receiver_dim))
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
+        states, mask = self.sender_norm(states, mask)                     # sinks masked out
         pooled = masked_mean(self.input_norm(states), mask)                   # (B, d_s)
         soft = self.mlp(pooled).view(len(pooled), self.config.num_queries, -1)   # (B, M, d_r)
         return self.scale(soft)                               # (B, M, d_r), RMS = alpha

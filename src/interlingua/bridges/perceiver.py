@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .base import SoftTokenBridge
+from .input_norm import SenderInputNorm
 
 
 @dataclass
@@ -51,7 +52,8 @@ class PerceiverResampler(SoftTokenBridge):
     def __init__(self, config: PerceiverConfig):
         super().__init__()
         self.config = config
-        self.input_norm = nn.LayerNorm(config.sender_dim)  # mid-layer states have large, uneven norms
+        self.sender_norm = SenderInputNorm(config.sender_dim)  # sinks masked, standardized (fitted)
+        self.input_norm = nn.LayerNorm(config.sender_dim)
         self.input_proj = nn.Linear(config.sender_dim, config.dim)
         self.queries = nn.Parameter(torch.randn(config.num_queries, config.dim) * 0.02)
         self.blocks = nn.ModuleList(CrossAttentionBlock(config) for _ in range(config.depth))
@@ -60,6 +62,7 @@ class PerceiverResampler(SoftTokenBridge):
 
     def forward(self, states, mask):
         # states (B, T, d_s); mask (B, T) bool
+        states, mask = self.sender_norm(states, mask)                     # sinks masked out
         context = self.input_proj(self.input_norm(states))              # (B, T, d)
         queries = self.queries.expand(states.shape[0], -1, -1)          # (B, M, d)
         for block in self.blocks:
