@@ -34,7 +34,7 @@ def test_shuffled_source_control_reads_a_derangement_of_every_row(tiny_models, s
     store = extract(tiny_models["sender"], split, tmp_path / "v.zarr", sender_prompt="Review: {text}", layers=[2],
                     storage_dtype="float32", batch_size=4, device=cpu, dtype=torch.float32)
     train = {"steps": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0,
-             "diversity_weight": 0.0, "checkpoint_every": 1}
+             "diversity_weight": 0.0, "checkpoint_every": 1, "loss": "labels"}
     bridge = {"type": "perceiver", "source_layer": 2, "dim": 16, "num_queries": 2, "depth": 1, "heads": 2}
     checkpoint = train_bridge(store, tiny_models["receiver"], tmp_path / "b.pt", bridge_name="p", bridge_spec=bridge,
                               task=sst2_like_task, train=train, seed=4, device=cpu, dtype=torch.float32)

@@ -223,7 +223,7 @@ def test_every_evaluation_writes_predictions_that_pair_across_methods(tiny_model
                     storage_dtype="float32", batch_size=4, device=cpu, dtype=torch.float32)
     assert ActivationStore(store).example_index.tolist() != list(range(len(ActivationStore(store))))  # sorted rows
     train = {"steps": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0,
-             "diversity_weight": 0.0, "checkpoint_every": 1}
+             "diversity_weight": 0.0, "checkpoint_every": 1, "loss": "labels"}
     bridge = {"type": "perceiver", "source_layer": 2, "dim": 16, "num_queries": 2, "depth": 1, "heads": 2}
     checkpoint = train_bridge(store, tiny_models["receiver"], tmp_path / "b.pt", bridge_name="p", bridge_spec=bridge,
                               task=sst2_like_task, train=train, seed=4, device=cpu, dtype=torch.float32)
@@ -258,7 +258,7 @@ def test_trained_and_relayed_methods_write_their_predictions(tiny_models, sst2_l
     materialize_split("toy", sst2_like_task, toy_mirror, "eval", split)
     common = {"task_name": "toy", "task": sst2_like_task, "device": cpu, "dtype": f32}
     train = {"steps": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0,
-             "diversity_weight": 0.0, "checkpoint_every": 1}
+             "diversity_weight": 0.0, "checkpoint_every": 1, "loss": "labels"}
     few_shot = evaluate_few_shot(train_split, split, tiny_models["receiver"], tmp_path / "fs.csv", model_alias="r",
                                  shots=2, seed=1, batch_size=4, **common)
     prompt = train_prompt_tuning(train_split, tiny_models["receiver"], tmp_path / "pt.pt", task=sst2_like_task,

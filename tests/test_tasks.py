@@ -419,7 +419,7 @@ def test_text_baselines_cut_long_rows_and_count_them(tiny_models, sst2_like_task
     assert max(len(p) for p in sent) <= len(frame) + 24
 
     train = {"steps": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0,
-             "diversity_weight": 0.0, "checkpoint_every": 1}
+             "diversity_weight": 0.0, "checkpoint_every": 1, "loss": "labels"}
     spec = {"method": "lora", "rank": 2, "alpha": 4, "lr": 1e-3}
     checkpoint = finetune.train_finetune(split["train"], receiver, tmp_path / "f.pt", task=task, train=train,
                                          finetune=spec, seed=0, device=cpu, dtype=f32)
