@@ -71,7 +71,8 @@ def main():
 
         def step(states, mask, labels):
             soft = bridge(states, mask)
-            loss = receiver.label_loss(receiver.soft_prompt(soft, PROMPTS["instruction"]), labels)
+            loss = receiver.label_loss(receiver.soft_prompt(soft, PROMPTS["instruction"]), labels,
+                                       over=CONFIG["train"]["loss"])  # the training objective the config runs
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

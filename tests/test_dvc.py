@@ -27,7 +27,7 @@ STAGE_COMMANDS = {
     "tasks": ["materialize-task"],
     "extract": ["extract"],
     "train": ["train-bridge", "train-prompt-tuning", "train-finetune"],
-    "evaluate": ["eval-random", "eval-zero-shot", "eval-few-shot", "generate-relay", "eval-relay", "eval-finetune",
+    "evaluate": ["eval-random", "eval-majority", "eval-zero-shot", "eval-few-shot", "generate-relay", "eval-relay", "eval-finetune",
                  "measure-latency", "measure-throughput", "collect"],
     "figures": ["report", "figures-readme", "soft-token-neighbours"],
 }

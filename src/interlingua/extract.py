@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, zoo
 from .fingerprint import STORE_FORMAT_VERSION, fingerprint
-from .receiver import cache_kwarg
+from .runtime import cache_kwarg
 from .store import StoreWriter, kv_keys, layer_key, read_manifest, verify, writer_lock
 from .errors import ConfigError
 from .tasks import DEFAULT_MAX_TOKENS, fit_examples, read_split

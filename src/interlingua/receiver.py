@@ -10,7 +10,6 @@ continues from it, so training and evaluation never recompute it.
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,22 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from .fused_head import head_nll
+from .runtime import cache_kwarg, returned_cache
 
 SOFT = "{soft_tokens}"
 # Cached positions (rows x sequence length) per chunk when verbalizers continue one prompt cache: bounds the
 # expanded KV cache (about 300 MB for Gemma-3 270M in fp32).
 SCORE_CHUNK_POSITIONS = 8192
 HEAD_CHUNK_ROWS = 64  # rows of full-vocabulary logits at a time on the unfused head (262k columns for Gemma-3)
-
-
-def cache_kwarg(decoder) -> str:
-    """Name of the KV-cache argument: `cache` from transformers 5.x (the rename), else `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-
-def returned_cache(out):
-    """The KV cache a decoder returned, under either name."""
-    return getattr(out, "cache", None) or out.past_key_values
 
 
 @dataclass

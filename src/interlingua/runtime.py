@@ -1,6 +1,7 @@
 """Device, dtype and seeding: `auto` means CUDA + bf16 when present, else CPU + float32."""
 from __future__ import annotations
 
+import inspect
 import random
 
 import numpy as np
@@ -32,3 +33,14 @@ def seed_everything(seed: int) -> torch.Generator:
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
+
+
+# transformers compatibility, shared by extraction and the receiver (so neither reaches the other's code)
+def cache_kwarg(decoder) -> str:
+    """Name of the KV-cache argument: `cache` from transformers 5.x (the rename), else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a decoder returned, under either name."""
+    return getattr(out, "cache", None) or out.past_key_values

@@ -48,7 +48,10 @@ rule figures_readme:
     Also removes the top-level files of figures/ that the current config does not produce (an earlier
     config's tables); subfolders (other studies' figures) are left alone."""
     input:
-        ancient([f for f in study_plan.study_figures(config)]),  # what decides them is in params
+        figures=ancient([f for f in study_plan.study_figures(config)]),  # what decides them is in params
+        # Current unless a result's request changed (then the report reruns and so must this; Snakemake does
+        # not rerun a job behind ancient inputs on a params change upstream).
+        results=lambda w: unless_rerun("results/results.csv", results_request()),
     output:
         "figures/README.md",
     params:
@@ -58,7 +61,7 @@ rule figures_readme:
     log:
         "logs/report/README.log",
     shell:
-        "{CLI} figures-readme --prune --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+        "{CLI} figures-readme --prune --spec {params.spec:q} --out {output} {input.figures} > {log} 2>&1"
 
 
 rule figures_latentwire:

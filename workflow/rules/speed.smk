@@ -7,7 +7,7 @@ from types import SimpleNamespace
 def main_bridge_run(sender, receiver, task):
     """The run whose bridge is served: the main bridge, first sweep seed."""
     return SimpleNamespace(bridge=STUDY["bridges"][0], sender=sender, receiver=receiver, task=task,
-                           seed=STUDY["sweep_seeds"][0])
+                           seed=str(STUDY["sweep_seeds"][0]))  # a string, as the training job's wildcard
 
 
 def first_bridge_checkpoint(w):
