@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, zoo
+from .channels.kv.rotary import rotary_layout
 from .fingerprint import STORE_FORMAT_VERSION, fingerprint
 from .runtime import cache_kwarg
 from .store import StoreWriter, kv_keys, layer_key, read_manifest, verify, writer_lock
@@ -85,7 +86,8 @@ def kv_layout(config) -> dict:
     return {"num_layers": config.num_hidden_layers, "num_kv_heads": heads, "head_dim": head_dim,
             "num_attention_heads": config.num_attention_heads, "grouped_query": heads != config.num_attention_heads,
             "layer_types": layer_types, "sliding_window": getattr(config, "sliding_window", None),
-            "positions": "keys stored after rotary embedding, as in the model's cache"}
+            "positions": "keys stored after rotary embedding, as in the model's cache",
+            "rotary": rotary_layout(config)}
 
 
 @torch.inference_mode()

@@ -1,0 +1,1 @@
+"""Communication channels between models: how one model's internal state reaches another."""

@@ -1,0 +1,1 @@
+"""Study 2: a shared K-V latent space for a pool of models (Dery et al., K-V cache alignment)."""
