@@ -237,3 +237,104 @@ def test_label_loss_over_labels_falls_back_to_the_vocabulary_for_shared_first_to
     prompt = receiver.soft_prompt(soft, "Q:{soft_tokens}A:")
     labels = torch.tensor([3, 1])
     torch.testing.assert_close(receiver.label_loss(prompt, labels), receiver.label_loss(prompt, labels, over="vocabulary"))
+
+
+# -- a per-row KV cache as the prefix (the KV channel) ------------------------------------------------------
+PREFIX_LENGTHS, SUFFIX_LENGTHS = [30, 5, 21], [6, 9, 2]   # ragged; two prefixes longer than Gemma-3's 16-token window
+
+
+def kv_receiver(kind: str) -> Receiver:
+    """A tiny random receiver whose attention depends on positions: Llama's q/k projections are scaled up
+    (at the default init its attention is nearly uniform, so a wrong position barely shows); Gemma-3
+    normalises queries and keys, as it is."""
+    from interlingua.tiny import TINY_GEMMA3, TINY_LLAMA, build_random_model, build_tokenizer
+
+    tokenizer = build_tokenizer("bytes" if kind == "llama" else "bpe")
+    model = build_random_model(TINY_LLAMA if kind == "llama" else TINY_GEMMA3, tokenizer).eval().requires_grad_(False)
+    if kind == "llama":
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    return Receiver(model, tokenizer, [" a", " b"])
+
+
+def ragged_ids(vocab, lengths, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def reference_logprobs(model, prefix, suffix):
+    """log p(suffix[1:]) (L-1,) from one forward over prefix + suffix, one row, no padding and no cache."""
+    ids = torch.tensor([prefix + suffix])
+    logits = model(ids).logits[0, len(prefix):-1]                                       # (L-1, V)
+    return logits.log_softmax(-1).gather(-1, torch.tensor(suffix[1:])[:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("kind, fused", [("llama", False), ("gemma3", True), ("gemma3", False)])
+def test_suffix_nll_after_the_models_own_ragged_cache_matches_one_forward(kind, fused):
+    from interlingua.channels.kv.cache import kv_of
+
+    receiver = kv_receiver(kind)
+    model = receiver.model
+    assert receiver._fused_head or not fused
+    receiver._fused_head = receiver._fused_head and fused
+    vocab = model.config.vocab_size
+    prefixes, suffixes = ragged_ids(vocab, PREFIX_LENGTHS, 1), ragged_ids(vocab, SUFFIX_LENGTHS, 2)
+    with torch.no_grad():
+        block = kv_of(model, prefixes)
+        references = [reference_logprobs(model, p, s) for p, s in zip(prefixes, suffixes)]
+        first = receiver.embed(torch.tensor([s[0] for s in suffixes]))[:, None]
+        logprobs, valid = receiver.target_logprobs(Prompt(first, torch.ones(3, 1, dtype=torch.long), block),
+                                                   [s[1:] for s in suffixes])
+        nll = receiver.suffix_nll(block, suffixes)
+    for row, reference in enumerate(references):                                     # per token, then the mean
+        assert valid[row].sum() == len(reference)
+        torch.testing.assert_close(logprobs[row, :len(reference)], reference, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(nll, torch.stack([-r.mean() for r in references]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_suffix_nll_is_differentiable_in_the_prefix_and_reads_it(kind):
+    from interlingua.channels.kv.cache import KVBlock, kv_of
+
+    receiver = kv_receiver(kind)
+    model = receiver.model
+    vocab = model.config.vocab_size
+    prefixes, suffixes = ragged_ids(vocab, PREFIX_LENGTHS, 3), ragged_ids(vocab, SUFFIX_LENGTHS, 4)
+    with torch.no_grad():
+        own = kv_of(model, prefixes)
+    keys = [k.clone().requires_grad_() for k in own.keys]
+    values = [v.clone().requires_grad_() for v in own.values]
+    nll = receiver.suffix_nll(KVBlock(keys, values, own.mask, own.positions), suffixes)
+    nll.sum().backward()
+    real = own.mask.bool()[:, None, :]                                                   # (B, 1, P)
+    reached = lambda grad: grad.abs().sum(-1) > 0                                        # (B, H, P)
+    types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(keys)
+    for kind, k, v in zip(types, keys, values):
+        assert not (reached(k.grad) & ~real).any() and not (reached(v.grad) & ~real).any()  # padding: no gradient
+        if kind == "full_attention":
+            assert (reached(k.grad) == real).all() and (reached(v.grad) == real).all()   # every real entry
+    if "sliding_attention" in types:  # entries older than the window for every suffix query get no gradient
+        window, length = model.config.sliding_window, PREFIX_LENGTHS[0]               # row 0: 30 > 16
+        start = own.length - length
+        old, recent = slice(start, start + length - window + 1), slice(start + length - window + 1, None)
+        grad = keys[types.index("sliding_attention")].grad[0]                            # (H, P, D)
+        assert not reached(grad[:, old]).any() and reached(grad[:, recent]).all()
+    zeroed = KVBlock([torch.zeros_like(k) for k in own.keys], [torch.zeros_like(v) for v in own.values],
+                     own.mask, own.positions)
+    with torch.no_grad():
+        assert (receiver.suffix_nll(zeroed, suffixes) - nll).abs().min() > 1e-3
+
+
+def test_suffix_nll_refuses_mismatched_rows_and_one_token_suffixes():
+    from interlingua.channels.kv.cache import kv_of
+    from interlingua.errors import DataError
+
+    receiver = kv_receiver("llama")
+    model = receiver.model
+    with torch.no_grad():
+        block = kv_of(model, [[5, 6, 7], [8, 9]])
+        with pytest.raises(DataError, match="3 suffixes"):
+            receiver.suffix_nll(block, [[1, 2], [3, 4], [5, 6]])
+        with pytest.raises(DataError, match=">= 2 tokens"):
+            receiver.suffix_nll(block, [[1, 2], [3]])

@@ -6,6 +6,9 @@ code serves soft tokens (fixed length) and text prompts (ragged). Soft-token lay
 The receiver never sees the input text on the soft-token path. The part before the soft tokens
 is the same for every example: its KV cache is computed once (`PrefixCache`) and every batch
 continues from it, so training and evaluation never recompute it.
+
+A prefix can also be a `KVBlock` (the KV channel): per-example, ragged, differentiable keys and values
+with their own mask and positions; each row's continuation starts after its own last prefix position.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .channels.kv.cache import KVBlock
+from .errors import DataError
 from .fused_head import head_nll
 from .runtime import cache_kwarg, returned_cache
 
@@ -44,10 +49,11 @@ class PrefixCache:
 
 class Prompt(NamedTuple):
     """What the receiver reads: input embeds (B, T, d), mask (B, T), and an optional cached prefix
-    that comes before them (the same for every row)."""
+    that comes before them: one PrefixCache shared by every row, or a KVBlock with one cache per row
+    (then the embeds must be right-padded, so each row's continuation follows its prefix directly)."""
     embeds: torch.Tensor
     mask: torch.Tensor
-    prefix: PrefixCache | None = None
+    prefix: PrefixCache | KVBlock | None = None
 
 
 @dataclass
@@ -185,6 +191,8 @@ class Receiver:
         """The trunk over a prompt, after its cached prefix if any: the decoder output (last_hidden_state
         (B, T, d), and the cache if kept) and the attention mask over prefix and prompt (B, P + T)."""
         embeds, mask, prefix = prompt
+        if isinstance(prefix, KVBlock):
+            return self._forward_after_block(prompt, use_cache)
         if prefix is None:
             full_mask, cache = mask, {}
         else:
@@ -196,6 +204,37 @@ class Receiver:
         out = self.decoder(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
                            use_cache=use_cache or prefix is not None, **cache)
         return out, full_mask
+
+    def _forward_after_block(self, prompt: Prompt, use_cache: bool):
+        """`_forward` after a per-row KVBlock prefix (B, P): the prompt (right-padded) continues each row
+        from its own next position; the block's config-less cache keeps every position, and the
+        sliding-window mask (built from entry indices) sees prefix and prompt as one contiguous row."""
+        embeds, mask, block = prompt
+        if block.batch != embeds.shape[0]:
+            raise DataError(f"KVBlock prefix has {block.batch} rows, the prompt {embeds.shape[0]}")
+        if mask.shape[1] > 1 and bool((mask[:, 1:] > mask[:, :-1]).any()):
+            raise DataError("a prompt after a KVBlock prefix must be right-padded (no real token after padding)")
+        cache, prefix_mask = block.to_cache()
+        full_mask = torch.cat([prefix_mask.to(mask.dtype), mask], dim=1)                    # (B, P + T)
+        positions = block.next_positions()[:, None] + torch.arange(mask.shape[1], device=mask.device)  # (B, T)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
+                           use_cache=True, **{self._cache_kwarg: cache})
+        return out, full_mask
+
+    def suffix_nll(self, prefix: KVBlock, suffix_ids: list[list[int]]) -> torch.Tensor:
+        """Mean NLL (B,) of each row's suffix tokens after its prefix cache, differentiable w.r.t. the
+        prefix's keys and values. The first suffix token is read, not scored: a cache holds no hidden
+        state to predict it from. So every suffix needs at least 2 tokens; rows are scored on L_b - 1."""
+        if prefix.batch == 1 and len(suffix_ids) > 1:
+            prefix = prefix.expand(len(suffix_ids))
+        if len(suffix_ids) != prefix.batch:
+            raise DataError(f"suffix_nll: {len(suffix_ids)} suffixes for a prefix of {prefix.batch} rows")
+        if any(len(ids) < 2 for ids in suffix_ids):
+            raise DataError(f"suffix_nll: every suffix needs >= 2 tokens, got lengths {[len(i) for i in suffix_ids]}")
+        first = self.embed(torch.tensor([ids[0] for ids in suffix_ids], device=self.device))[:, None]  # (B, 1, d)
+        prompt = Prompt(first, torch.ones(first.shape[:2], dtype=torch.long, device=self.device), prefix)
+        logprobs, valid = self.target_logprobs(prompt, [ids[1:] for ids in suffix_ids])     # (B, L-1)
+        return -(logprobs * valid).sum(1) / valid.sum(1)
 
     def _last_hidden(self, prompt: Prompt, keep: int) -> torch.Tensor:
         """Final hidden states (B*keep, d) of the last `keep` positions, as one contiguous 2-D block.
