@@ -192,7 +192,7 @@ class Receiver:
         (B, T, d), and the cache if kept) and the attention mask over prefix and prompt (B, P + T)."""
         embeds, mask, prefix = prompt
         if isinstance(prefix, KVBlock):
-            return self._forward_after_block(prompt, use_cache)
+            return self._forward_after_block(prompt)
         if prefix is None:
             full_mask, cache = mask, {}
         else:
@@ -205,7 +205,7 @@ class Receiver:
                            use_cache=use_cache or prefix is not None, **cache)
         return out, full_mask
 
-    def _forward_after_block(self, prompt: Prompt, use_cache: bool):
+    def _forward_after_block(self, prompt: Prompt):
         """`_forward` after a per-row KVBlock prefix (B, P): the prompt (right-padded) continues each row
         from its own next position; the block's config-less cache keeps every position, and the
         sliding-window mask (built from entry indices) sees prefix and prompt as one contiguous row."""
