@@ -238,6 +238,7 @@ def module_files(commands_: list[str], root: Path = PACKAGE_DIR) -> list[str]:
         files |= {name.split(":")[0] for name in command_sources(command, root)}
     for package in sorted({f.rsplit("/", 1)[0] for f in files if "/" in f and f.endswith(".py")}):
         every = {p.relative_to(root).as_posix() for p in (root / package).glob("*.py")}
-        if every <= files:  # a whole subpackage (the bridges): one directory dep
+        nested = any((root / package).glob("*/__init__.py"))  # a directory dep would cover its subpackages too
+        if every <= files and not nested:  # a whole leaf subpackage (the bridges): one directory dep
             files = (files - every) | {package}
     return sorted(files)
