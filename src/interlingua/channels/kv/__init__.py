@@ -1,0 +1,1 @@
+"""The KV channel: model-agnostic cache plumbing, rotary embedding, and cache translators."""
