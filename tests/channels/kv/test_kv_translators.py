@@ -1,6 +1,8 @@
 """KV translators: identity, linear, cross-attention adapters (through S) and the closed-form ridge map."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -40,6 +42,8 @@ def test_identity_returns_the_input_exactly_and_refuses_other_shapes():
     keys, values = random_block(DEEP)
     out_k, out_v = space.translate("a", "a2", (keys, values))
     assert all(o is i for o, i in zip(out_k + out_v, keys + values))
+    as_block = SimpleNamespace(keys=keys, values=values, mask=torch.ones(2, 5, dtype=torch.bool))  # KVBlock-like
+    assert all(o is i for o, i in zip(space.translate("a", "a", as_block).keys, keys))
     round_k, round_v = space.decode("a2", space.encode("a", (keys, values)))    # through S: a lossless reshape
     assert all(torch.equal(o, i) for o, i in zip(round_k + round_v, keys + values))
     assert space.num_parameters() == 0 and not space.trainable

@@ -2,11 +2,11 @@
 
 A cache block is, per layer l, keys and values of shape (B, H_l, T, D_l) (the transformers layout),
 keys with rotary embedding REMOVED (the caller un-rotates with the source's parameters and re-applies
-rotary with the target's). A block is passed as a `(keys, values)` pair of per-layer lists, or as any
-object with `.keys` and `.values` lists (the channel's KVBlock); translators return a `(keys, values)`
-pair of lists. Masks and positions never reach a translator: every map here works per position, so
-the caller keeps them (and, by the attention-sink decision, never passes position 0: the target uses
-its own cache there).
+rotary with the target's). A block is passed as any object with `.keys` and `.values` lists (the
+channel's KVBlock, or `KV`) or as a `(keys, values)` pair of per-layer lists; translators return a
+`KV(keys, values)` named tuple. Masks and positions never reach a translator: every map here works
+per position, so the caller keeps them (and, by the attention-sink decision, never passes position 0:
+the target uses its own cache there; fit statistics without it too).
 
 `SharedSpace` is the paper's pool (Dery et al. 2.1): one encoder T[m->S] (block -> (B, T, Q)) and one
 decoder T[S->m] ((B, T, Q) -> block) per member, so any path src -> S -> tgt works, self-cycles included,
@@ -15,14 +15,18 @@ and parameters grow linearly with the number of members.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ....errors import ConfigError, DataError
 
-KV = tuple[list[Tensor], list[Tensor]]   # (keys per layer, values per layer), each (B, H_l, T, D_l)
+
+class KV(NamedTuple):
+    """A translated block: per layer keys and values (B, H_l, T, D_l); unpacks as (keys, values)."""
+    keys: list[Tensor]
+    values: list[Tensor]
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,17 @@ class CacheShape:
 
 
 def split_block(block) -> KV:
-    """(keys, values) lists from a pair or from an object with .keys/.values lists (KVBlock)."""
-    if isinstance(block, (tuple, list)) and len(block) == 2:
-        keys, values = block
-    elif isinstance(getattr(block, "keys", None), (list, tuple)):
+    """(keys, values) lists from an object with .keys/.values lists (KV, KVBlock) or a (keys, values) pair.
+
+    A pair is (all layers' keys, all layers' values), never the legacy ((k_0, v_0), (k_1, v_1), ...).
+    """
+    if isinstance(getattr(block, "keys", None), (list, tuple)):
         keys, values = block.keys, block.values
+    elif isinstance(block, (tuple, list)) and len(block) == 2:
+        keys, values = block
     else:
         raise DataError(f"a KV block is a (keys, values) pair of per-layer lists, got {type(block).__name__}")
-    return list(keys), list(values)
+    return KV(list(keys), list(values))
 
 
 def check_block(shape: CacheShape, block, who: str) -> KV:
@@ -112,7 +119,7 @@ def check_block(shape: CacheShape, block, who: str) -> KV:
             if tuple(t.shape) != want:
                 raise DataError(f"{who}: layer {l} {kind} have shape {tuple(t.shape)}, expected (B, H, T, D) "
                                 f"= {want} for cache shape {shape}")
-    return keys, values
+    return KV(keys, values)
 
 
 def flatten(tensors: Sequence[Tensor]) -> Tensor:
@@ -224,7 +231,7 @@ class SharedSpace(nn.Module):
 
     def freeze_except(self, names: Iterable[str]) -> None:
         """Only the listed members' adapters keep requires_grad (extensibility: train a newcomer alone)."""
-        keep = {n for n in names}
+        keep = set(names)
         for n in keep:
             self._member(n)
         for n in self.shapes:

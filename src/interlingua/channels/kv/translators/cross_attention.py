@@ -1,26 +1,34 @@
 """Cross-attention adapter (Dery et al. 2.2): layer-wise cross-attention stacks into and out of S.
 
-Every map works per position (N = B*T rows). With W the adapter width (below):
+Every map works per position (N = B*T rows). With W the adapter width (below), In = LayerNorm +
+Linear + GELU and Out = In then Linear (the paper's input and output transforms):
 
 Into S (T[m->S]), one layer per SOURCE layer l:
-  tokens_l = [InK_l(k_l,h) for each KV head h] + [InV_l(v_l,h) for each h] + head embeddings  (N, 2H_l, W)
-             In = LayerNorm + Linear(D_l -> W) + GELU, separate key and value parameters;
-  state    = state + CrossAttn(LN(state), tokens_l);  state = state + MLP(LN(state))         (N, W)
+  tokens_l = [InK_l(k_l,h) for each KV head h] + [InV_l(v_l,h) for each h] + head embeddings  (N, 2H_l, 2W)
+             (D_l -> 2W: each token's attention key and value; separate key and value parameters)
+  state    = state + CrossAttn(LN(state), tokens_l);  state = state + MLP(LN(state))          (N, W)
   The seed state is In_0([k_0; v_0]) (the first layer's cache seeds the stack, as in the paper);
-  the L per-layer states are concatenated and mapped out: LN + Linear(L*W -> W) + GELU + Linear(W -> Q).
+  the L per-layer states are concatenated and mapped out: Out(L*W -> W -> Q), like the paper's
+  concatenation of every cross-attention layer's output.
 Out of S (T[S->m]), one layer per TARGET layer l:
-  tokens   = In(z split into `latent_tokens` chunks of Q/latent_tokens) + token embeddings  (N, n, W)
-  state    = In(z), then per layer: cross-attention to the tokens + MLP, residual (as above), and
-  k_l, v_l = OutK_l(state), OutV_l(state): LN + Linear(W -> W) + GELU + Linear(W -> H_l*D_l).
+  tokens_l = In_l(z split into `latent_tokens` chunks of Q/latent_tokens) + chunk embeddings   (N, n, 2W)
+  state    = In(z) (seed), then the same cross-attention + MLP update, and
+  k_l, v_l = OutK_l(state), OutV_l(state): Out(W -> W -> H_l*D_l), separate key and value parameters.
 Inputs are standardized and outputs de-standardized per dimension (CacheStandardizer, fit_stats).
 
 Sizes: W = embed_dim_factor * max_l(H_l*D_l), the member's widest per-layer key (or value) width at
-one position (the paper's D'_i = embed_dim_factor * D_i), rounded up to a multiple of attn_head_dim;
-each MLP's hidden size is translation_dim_factor * W (the paper's expansion of the residual stream).
+one position (the paper's D'_i = embed_dim_factor * D_i, with D_i the cache width rather than the
+model width), rounded up to a multiple of attn_head_dim; every MLP's hidden size is
+translation_dim_factor * W (the paper's expansion of the residual stream). Per position and layer the
+cost is about (4 + 2 * translation_dim_factor) * W^2 multiply-adds into S and that plus 2 * W^2 + 2 * W * H_l*D_l
+out of S (each parameter used once, except the in-transforms, used once per token).
 Differences from the paper, by this project's design: one state carries keys and values together
 (the paper runs key and value blocks through the stack separately, with shared cross-attention
-weights), cross-attention runs within one position over the layer's KV heads (tokens = heads), and
-the decoder reads Q as `latent_tokens` chunks (the paper reshapes it to L_i chunks, which needs Q % L_i == 0).
+weights), cross-attention runs within one position over the layer's KV heads (tokens = heads; the
+paper's Gemma-2-style adapter also attends over sequence positions), attention keys and values come
+straight from the in-transforms (no separate W -> 2W projection: 3x cheaper at SmolLM2's size), and
+the decoder reads Q as `latent_tokens` chunks (the paper reshapes it into L_i chunks, which needs
+Q % L_i == 0 for every member).
 """
 from __future__ import annotations
 
@@ -85,20 +93,26 @@ class OutTransform(nn.Module):
 
 
 class CrossAttentionBlock(nn.Module):
-    """One state vector attends to M tokens, then an MLP; pre-norm, residual."""
+    """One state vector attends to M tokens, then an MLP; pre-norm, residual.
+
+    The tokens arrive as attention keys and values (N, M, 2W), made by the layer's in-transform:
+    a per-layer in-transform straight to 2W costs M * D_in * 2W per position, where a separate
+    key/value projection of W-wide tokens would cost M * 2W^2 (the adapter's largest term).
+    """
 
     def __init__(self, width: int, head_dim: int, hidden: int):
         super().__init__()
         self.heads, self.head_dim = width // head_dim, head_dim
         self.norm_q, self.norm_mlp = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.q, self.kv, self.out = nn.Linear(width, width), nn.Linear(width, 2 * width), nn.Linear(width, width)
+        self.q, self.out = nn.Linear(width, width), nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, state: Tensor, tokens: Tensor) -> Tensor:
-        # state (N, W); tokens (N, M, W)
-        N, M, W = tokens.shape
+        # state (N, W); tokens (N, M, 2W): attention keys then values
+        N, M, _ = tokens.shape
+        W = state.shape[-1]
         q = self.q(self.norm_q(state)).view(N, self.heads, 1, self.head_dim)     # (N, h, 1, d)
-        k, v = self.kv(tokens).view(N, M, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (N, h, M, d) x2
+        k, v = tokens.view(N, M, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (N, h, M, d) x2
         attended = F.scaled_dot_product_attention(q, k, v).reshape(N, W)         # (N, W)
         state = state + self.out(attended)
         return state + self.mlp(self.norm_mlp(state))                            # (N, W)
@@ -109,13 +123,13 @@ class LayerReader(nn.Module):
 
     def __init__(self, heads: int, dim: int, width: int, config: CrossAttentionConfig):
         super().__init__()
-        self.key_in, self.value_in = InTransform(dim, width), InTransform(dim, width)
-        self.head_embed = nn.Parameter(0.02 * torch.randn(2 * heads, width))    # which head, key or value
+        self.key_in, self.value_in = InTransform(dim, 2 * width), InTransform(dim, 2 * width)
+        self.head_embed = nn.Parameter(0.02 * torch.randn(2 * heads, 2 * width))  # which head, key or value
         self.block = CrossAttentionBlock(width, config.attn_head_dim, config.hidden(width))
 
     def forward(self, state: Tensor, k: Tensor, v: Tensor) -> Tensor:
         # state (N, W); k, v (N, H, D)
-        tokens = torch.cat([self.key_in(k), self.value_in(v)], dim=1) + self.head_embed  # (N, 2H, W)
+        tokens = torch.cat([self.key_in(k), self.value_in(v)], dim=1) + self.head_embed  # (N, 2H, 2W)
         return self.block(state, tokens)                                         # (N, W)
 
 
@@ -147,16 +161,19 @@ class CrossAttentionEncoder(nn.Module):
 
 
 class LayerWriter(nn.Module):
-    """Decoder layer for one target layer: read the shared tokens, emit that layer's keys and values."""
+    """Decoder layer for one target layer: read the shared vector's chunks, emit that layer's keys and values."""
 
     def __init__(self, heads: int, dim: int, width: int, config: CrossAttentionConfig):
         super().__init__()
+        self.latent_in = InTransform(config.shared_dim // config.latent_tokens, 2 * width)
+        self.latent_embed = nn.Parameter(0.02 * torch.randn(config.latent_tokens, 2 * width))  # which chunk
         self.block = CrossAttentionBlock(width, config.attn_head_dim, config.hidden(width))
         self.key_out = OutTransform(width, width, heads * dim)
         self.value_out = OutTransform(width, width, heads * dim)
 
-    def forward(self, state: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        state = self.block(state, tokens)                                        # (N, W)
+    def forward(self, state: Tensor, chunks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # state (N, W); chunks (N, n, Q/n)
+        state = self.block(state, self.latent_in(chunks) + self.latent_embed)   # (N, W)
         return state, self.key_out(state), self.value_out(state)                 # (N, W), (N, H*D) x2
 
 
@@ -168,20 +185,18 @@ class CrossAttentionDecoder(nn.Module):
         self.shape, self.tokens, width = shape, config.latent_tokens, config.width(shape)
         self.stats = CacheStandardizer(shape)
         self.seed = InTransform(config.shared_dim, width)
-        self.latent_in = InTransform(config.shared_dim // config.latent_tokens, width)
-        self.latent_embed = nn.Parameter(0.02 * torch.randn(config.latent_tokens, width))
         self.layers = nn.ModuleList(LayerWriter(shape.heads(l), shape.dim(l), width, config)
                                     for l in range(shape.num_layers))
 
     def forward(self, z: Tensor) -> KV:
         B, T, Q = z.shape
         z = z.to(self.seed.proj.weight.dtype).reshape(B * T, Q)                  # (N, Q)
-        tokens = self.latent_in(z.view(B * T, self.tokens, -1)) + self.latent_embed  # (N, n, W)
+        chunks = z.view(B * T, self.tokens, -1)                                  # (N, n, Q/n)
         state, keys, values = self.seed(z), [], []                               # (N, W)
         for layer in self.layers:
-            state, k, v = layer(state, tokens)                                   # (N, H_l*D_l) x2
+            state, k, v = layer(state, chunks)                                   # (N, H_l*D_l) x2
             keys.append(k)
             values.append(v)
         k = self.stats.denormalize("key", torch.cat(keys, dim=-1).view(B, T, -1))       # (B, T, W_cache)
         v = self.stats.denormalize("value", torch.cat(values, dim=-1).view(B, T, -1))   # (B, T, W_cache)
-        return unflatten(self.shape, k), unflatten(self.shape, v)
+        return KV(unflatten(self.shape, k), unflatten(self.shape, v))

@@ -44,7 +44,7 @@ class IdentityDecoder(nn.Module):
             raise DataError(f"identity decode: shared vectors have size {z.shape[-1]}, this member's "
                             f"cache ({self.shape}) needs 2 x {self.shape.width}")
         k, v = z.split(self.shape.width, dim=-1)                                        # (B, T, W) each
-        return unflatten(self.shape, k), unflatten(self.shape, v)
+        return KV(unflatten(self.shape, k), unflatten(self.shape, v))
 
 
 class IdentitySpace(SharedSpace):
@@ -59,5 +59,4 @@ class IdentitySpace(SharedSpace):
         if src_shape != tgt_shape:
             raise ConfigError(f"identity translator needs matching cache shapes: '{src}' has {src_shape}, "
                               f"'{tgt}' has {tgt_shape}")
-        keys, values = check_block(src_shape, block, f"identity from '{src}'")
-        return keys, values
+        return check_block(src_shape, block, f"identity from '{src}'")

@@ -52,4 +52,4 @@ class LinearDecoder(nn.Module):
         z = z.to(self.key_out.weight.dtype)                                      # (B, T, Q)
         k = self.stats.denormalize("key", self.key_out(z))                       # (B, T, W)
         v = self.stats.denormalize("value", self.value_out(z))                   # (B, T, W)
-        return unflatten(self.shape, k), unflatten(self.shape, v)
+        return KV(unflatten(self.shape, k), unflatten(self.shape, v))

@@ -111,7 +111,7 @@ class RidgeMap(nn.Module):
                 w, b = getattr(self, f"{kind}_weight_{l}"), getattr(self, f"{kind}_bias_{l}")
                 flat.append(x @ w.to(x.dtype) + b.to(x.dtype))                    # (B, T, G_l)
             out[kind] = unflatten(self.target, torch.cat(flat, dim=-1))
-        return out["key"], out["value"]
+        return KV(out["key"], out["value"])
 
 
 class RidgeTranslator(nn.Module):
@@ -169,8 +169,9 @@ class RidgeTranslator(nn.Module):
                 raise DataError(f"ridge pair {src}->{tgt}: mask has shape {tuple(mask.shape)}, expected {(B, T)}")
             mask = mask.bool()
         if (src, tgt) not in self._moments:
-            layer_map = RidgeMap(self._member(src), self._member(tgt)).layer_map
-            self._moments[(src, tgt)] = PairMoments(layer_map)
+            target_layers, source_layers = self.shapes[tgt].num_layers, self.shapes[src].num_layers
+            self._moments[(src, tgt)] = PairMoments([proportional_layer(l, target_layers, source_layers)
+                                                     for l in range(target_layers)])
         moments = self._moments[(src, tgt)]
         rows = moments.add("key", src_keys, tgt_keys, mask)
         moments.add("value", src_values, tgt_values, mask)
