@@ -17,22 +17,12 @@ from tqdm.auto import tqdm
 from . import zoo
 from .errors import DataError
 from .receiver import Receiver
+from .runtime import derangement
 from .store import ActivationStore
 from .tasks import fit_examples, read_split
 from .train import load_bridge, make_prompt_embedding
 
 COLUMNS = ["task", "method", "variant", "sender", "receiver", "bridge", "seed", "metric", "value", "n", "fingerprint"]
-
-
-def derangement(n: int, seed: int) -> torch.Tensor:
-    """A seeded permutation with no fixed point: every example gets another example's states."""
-    if n < 2:
-        return torch.arange(n)
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        if not (perm == torch.arange(n)).any():
-            return perm
 
 
 @torch.inference_mode()

@@ -140,7 +140,7 @@ class Receiver:
         firsts = [ids[0] for ids in self.verbalizer_ids]
         # One forward pass scores all classes when their first tokens differ.
         self.first_token_scoring = len(set(firsts)) == len(firsts)
-        self.trie = verbalizer_trie(self.verbalizer_ids)  # else: constrained decoding from one prompt pass
+        self.trie = verbalizer_trie(self.verbalizer_ids) if verbalizers else None  # else: constrained decoding from one prompt pass
         self._cache_kwarg = cache_kwarg(self.decoder)
         self._prefixes: dict[tuple[int, ...], PrefixCache] = {}
         # On CPU the big fp32 head is memory-bound: one fused pass for loss and gradient (fused_head.py).

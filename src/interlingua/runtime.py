@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import inspect
+import math
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,3 +46,31 @@ def cache_kwarg(decoder) -> str:
 def returned_cache(out):
     """The KV cache a decoder returned, under either name."""
     return getattr(out, "cache", None) or out.past_key_values
+
+
+def derangement(n: int, seed: int) -> torch.Tensor:
+    """A seeded permutation with no fixed point: every example gets another example's states."""
+    if n < 2:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        if not (perm == torch.arange(n)).any():
+            return perm
+
+
+def lr_lambda(warmup: int, steps: int):
+    """LambdaLR factor: linear warm-up, then cosine to 0 at `steps`."""
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    return schedule
+
+
+def atomic_save(path: Path, payload) -> None:
+    """torch.save through a temporary file: a kill never leaves a half-written file at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)

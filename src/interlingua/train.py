@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from .bridges.input_norm import token_statistics
 from .errors import DataError
 from .fingerprint import fingerprint
 from .receiver import Receiver, diversity_penalty, embedding_rms
-from .runtime import seed_everything
+from .runtime import atomic_save, lr_lambda, seed_everything
 from .store import ActivationStore
 from .tasks import read_split
 
@@ -37,14 +36,6 @@ def batches(n_rows: int, batch_size: int, steps: int, generator: torch.Generator
             order = torch.cat([order, torch.randperm(n_rows, generator=generator)])
         yield order[:batch_size].tolist()
         order = order[batch_size:]
-
-
-def lr_lambda(warmup: int, steps: int):
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-    return schedule
 
 
 def trainable_state(module: nn.Module) -> dict:
@@ -125,18 +116,11 @@ def fit(module: nn.Module, make_prompt, labels: torch.Tensor, receiver: Receiver
         if step % 10 == 0:
             bar.set_postfix({key: f"{value:.3f}" for key, value in record.items() if key in terms})
         if resume_path is not None and (step + 1) % train["checkpoint_every"] == 0 and step + 1 < train["steps"]:
-            _atomic_save(resume_path, {"run_key": run_key, "step": step + 1, "module": trainable_state(module),
+            atomic_save(resume_path, {"run_key": run_key, "step": step + 1, "module": trainable_state(module),
                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                        "rng": torch.get_rng_state(), "log": log})
     module.eval()
     return log
-
-
-def _atomic_save(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
 
 
 def resume_path_for(out_path: Path) -> Path:
@@ -144,7 +128,7 @@ def resume_path_for(out_path: Path) -> Path:
 
 
 def _save(path: Path, payload: dict, log: list[dict]) -> None:
-    _atomic_save(path, payload)
+    atomic_save(path, payload)
     path.with_suffix(".log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     resume_path_for(path).unlink(missing_ok=True)
 

@@ -1,0 +1,256 @@
+"""Training a shared K-V space for a pool, and scoring every path with its controls (Dery et al. 2.2-2.3).
+
+A window of SmolLM2 token ids [bos] + prefix (P) + suffix (S) is read by every member in its own ids.
+The source caches the prefix (frozen, no grad); the channel (channels/kv/transfer.py) makes it the target's
+cache: the target's own sink, then positions 1..P translated through S. The loss is the target's NLL of the
+suffix after that cache (the first suffix token is read, the rest scored), plus an optional reconstruction
+term (MSE against the target's own cache of the prefix, per layer over its variance). Each step samples
+`paths_per_step` (source, target) paths from the allowed ones, self-cycles included.
+
+Scored conditions, per target and evaluation window (one row each, so conditions are paired by window):
+  none       the target's sink alone, then the suffix (no prefix)
+  own        the target's own cache of the prefix (what translation aims at)
+  matched    the prefix translated from a source (source == target: the cycle m -> S -> m)
+  shuffled   another window's prefix translated from the same source (runtime.derangement)
+  zero       the target's sink, then all-zero keys and values at the prefix positions
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ...channels.kv.cache import KVBlock, kv_of
+from ...channels.kv.transfer import Endpoint, translate_block, zero_block
+from ...channels.kv.translators import CacheShape, build_translator, translator_config
+from ...errors import ConfigError
+from ...fingerprint import fingerprint
+from ...receiver import Receiver
+from ...runtime import atomic_save, derangement, lr_lambda, seed_everything
+
+CONDITIONS = ["none", "own", "matched", "shuffled", "zero"]
+CURVE_COLUMNS = ["step", "source", "target", "condition", "nll", "n"]
+
+
+@dataclass
+class AlignConfig:
+    """One training run of a translator over a pool (`kv_alignment.train` in the config)."""
+    translator: dict = field(default_factory=lambda: {"type": "cross_attention"})  # translators.translator_config
+    steps: int = 300               # optimizer steps (0 for identity and ridge: nothing is trained)
+    batch: int = 8                 # windows per path per step
+    prefix_tokens: int = 32        # P: positions after the sink that the source reads and the channel carries
+    suffix_tokens: int = 32        # S: the target continues with these (the first is read, S-1 scored)
+    lr: float = 1e-3
+    warmup: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    paths_per_step: int = 2        # (source, target) paths sampled per step (paper: a few)
+    reconstruction_weight: float = 0.0  # paper's recommendation: suffix LM loss alone
+    eval_every: int = 50           # score every path and control every N steps (and at 0 and the end)
+    eval_windows: int = 64         # held-out windows scored per target (the same for every condition)
+    fit_windows: int = 256         # ridge: training windows its statistics are accumulated over
+    checkpoint_every: int = 50     # resumable state every N steps
+    mix: dict = field(default_factory=lambda: {"tinystories": 1.0, "wikitext": 1.0})  # corpus -> probability
+
+    def __post_init__(self):
+        if self.paths_per_step < 1 or self.batch < 2 or self.suffix_tokens < 2 or self.prefix_tokens < 1:
+            raise ConfigError(f"kv_alignment train: need paths_per_step >= 1, batch >= 2, suffix_tokens >= 2 and "
+                              f"prefix_tokens >= 1, got {asdict(self)}")
+
+    @property
+    def window(self) -> int:
+        return 1 + self.prefix_tokens + self.suffix_tokens
+
+
+@dataclass
+class Member:
+    """A frozen pool member as the channel sees it."""
+    name: str
+    model: torch.nn.Module
+    receiver: Receiver             # scores suffixes after a prefix cache
+    end: Endpoint                  # rotary specs and own sink cache
+    to_model: torch.Tensor | None  # (V_smollm2,) SmolLM2 id -> the member's id; None: reads SmolLM2 ids
+
+    @property
+    def shape(self) -> CacheShape:
+        return CacheShape.from_hf_config(self.model.config)
+
+    def ids(self, windows: torch.Tensor) -> torch.Tensor:
+        return windows if self.to_model is None else self.to_model[windows]
+
+    def prefix_cache(self, windows: torch.Tensor, prefix_tokens: int) -> KVBlock:
+        with torch.no_grad():
+            return kv_of(self.model, self.ids(windows[:, :1 + prefix_tokens]).tolist())
+
+    def suffix(self, windows: torch.Tensor, prefix_tokens: int) -> list[list[int]]:
+        return self.ids(windows[:, 1 + prefix_tokens:]).tolist()
+
+
+def all_paths(names: list[str]) -> list[tuple[str, str]]:
+    return [(s, t) for s in names for t in names]
+
+
+def reconstruction_loss(block: KVBlock, own: KVBlock) -> torch.Tensor:
+    """Mean over layers of MSE(translated, own) / var(own), keys and values, position 0 excluded."""
+    block, own = block.slice(1), own.slice(1)
+    terms = [((a - b) ** 2).mean() / b.var().clamp(min=1e-8)
+             for a, b in zip(block.keys + block.values, own.keys + own.values)]
+    return torch.stack(terms).mean()
+
+
+def path_loss(translator, src: Member, tgt: Member, windows: torch.Tensor, config: AlignConfig) -> torch.Tensor:
+    block = translate_block(translator, src.name, tgt.name, src.prefix_cache(windows, config.prefix_tokens),
+                            src.end, tgt.end)
+    loss = tgt.receiver.suffix_nll(block, tgt.suffix(windows, config.prefix_tokens)).mean()
+    if config.reconstruction_weight:
+        loss = loss + config.reconstruction_weight * reconstruction_loss(
+            block, tgt.prefix_cache(windows, config.prefix_tokens))
+    return loss
+
+
+@torch.no_grad()
+def score_paths(translator, members: dict[str, Member], paths, windows: torch.Tensor, config: AlignConfig,
+                batch: int = 16, controls_only: bool = False) -> pd.DataFrame:
+    """Per window NLL (rows: window, source, target, condition, nll) for every path and its controls;
+    `none`, `own` and `zero` once per target (source = target). controls_only: no translated rows."""
+    perm = derangement(len(windows), seed=len(windows))
+    rows = []
+    targets = sorted({t for _, t in paths})
+    for start in range(0, len(windows), batch):
+        chunk = windows[start:start + batch]
+        index = list(range(start, start + len(chunk)))
+        for t in targets:
+            tgt = members[t]
+            suffix = tgt.suffix(chunk, config.prefix_tokens)
+            own = tgt.prefix_cache(chunk, config.prefix_tokens)
+            blocks = {"none": tgt.end.sink, "own": own, "zero": zero_block(own, tgt.end)}
+            for condition, block in blocks.items():
+                rows += _rows(index, t, t, condition, tgt.receiver.suffix_nll(block, suffix))
+            if controls_only:
+                continue
+            for s in sorted({s for s, tt in paths if tt == t}):
+                src = members[s]
+                mine = src.prefix_cache(chunk, config.prefix_tokens)
+                other = src.prefix_cache(windows[perm[start:start + len(chunk)]], config.prefix_tokens)
+                for condition, block in (("matched", mine), ("shuffled", other)):
+                    translated = translate_block(translator, s, t, block, src.end, tgt.end)
+                    rows += _rows(index, s, t, condition, tgt.receiver.suffix_nll(translated, suffix))
+    return pd.DataFrame(rows, columns=["window", "source", "target", "condition", "nll"])
+
+
+def _rows(index, source, target, condition, nll):
+    return [(i, source, target, condition, float(v)) for i, v in zip(index, nll)]
+
+
+def curve_points(scores: pd.DataFrame, step: int) -> pd.DataFrame:
+    """Mean NLL per (source, target, condition) at a step, with n (windows)."""
+    out = scores.groupby(["source", "target", "condition"], as_index=False)["nll"].agg(nll="mean", n="count")
+    out.insert(0, "step", step)
+    return out[CURVE_COLUMNS]
+
+
+def fit_ridge(translator, members: dict[str, Member], paths, sample, config: AlignConfig,
+              generator: torch.Generator) -> None:
+    """Accumulate the ridge statistics of every path on `fit_windows` training windows, then solve."""
+    from ...channels.kv.transfer import position_free
+
+    for s, t in paths:
+        translator.add_pair(s, t)
+    done = 0
+    while done < config.fit_windows:
+        windows = sample(min(config.batch * 4, config.fit_windows - done), generator)
+        for s, t in paths:
+            src = members[s].prefix_cache(windows, config.prefix_tokens).slice(1)
+            tgt = members[t].prefix_cache(windows, config.prefix_tokens).slice(1)
+            translator.accumulate(s, t, position_free(src, members[s].end), position_free(tgt, members[t].end),
+                                  mask=src.mask)
+        done += len(windows)
+    translator.fit()
+
+
+def train_pool(members: dict[str, Member], sample, eval_windows: torch.Tensor, config: AlignConfig, seed: int,
+               out_dir: str | Path, *, paths=None, train_members=None, translator=None, run_key: str = "",
+               eval_paths=None, desc: str = "align") -> tuple[object, pd.DataFrame, pd.DataFrame]:
+    """Train (or fit) a translator over the pool; returns (translator, curves, final per-window scores).
+
+    sample(n, generator) -> (n, window) training windows (SmolLM2 ids) drawn with the run's generator; paths: the
+    (source, target) paths trained on (default: all, self-cycles included); train_members: only these
+    members' adapters learn (extensibility: a new member beside frozen ones); translator: start from it
+    (else a new one from config.translator); eval_paths: the paths scored (default: all).
+    Resumable: state every checkpoint_every steps in out_dir/resume.pt (same run_key), so a killed run ends
+    with the same weights and curves.
+    """
+    out_dir = Path(out_dir)
+    generator = seed_everything(seed)
+    names = list(members)
+    paths = list(paths or all_paths(names))
+    eval_paths = list(eval_paths or all_paths(names))
+    kind, translator_cfg = translator_config(config.translator)
+    if translator is None:
+        translator = build_translator(kind, translator_cfg, {n: m.shape for n, m in members.items()})
+    if kind == "identity":
+        same = [(s, t) for s, t in eval_paths if members[s].shape == members[t].shape]
+        if not same:
+            raise ConfigError(f"identity translator: no path between members of one cache shape among {names}")
+        eval_paths = same
+    if kind == "ridge":
+        fit_ridge(translator, members, [(s, t) for s, t in eval_paths if s != t], sample, config, generator)
+        eval_paths = [(s, t) for s, t in eval_paths if s != t]
+    trainable = getattr(translator, "trainable", False) and config.steps > 0
+    curves: list[pd.DataFrame] = []
+    if not trainable:
+        final = score_paths(translator, members, eval_paths, eval_windows, config)
+        return translator, curve_points(final, 0), final
+
+    if train_members is not None:
+        translator.freeze_except(train_members)
+    params = [p for p in translator.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup, config.steps))
+    resume, start = out_dir / "resume.pt", 0
+    picker = random.Random(seed)  # which paths each step
+    key = fingerprint({"run": run_key, "config": asdict(config), "seed": seed, "paths": paths,
+                       "train_members": train_members})
+    if resume.exists():
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        if state["key"] == key:
+            translator.load_state_dict(state["translator"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            picker.setstate(state["random"])
+            torch.set_rng_state(state["rng"])
+            curves, start = state["curves"], state["step"]
+    if start == 0:
+        curves.append(curve_points(score_paths(translator, members, eval_paths, eval_windows, config), 0))
+    translator.train()
+    bar = tqdm(range(start, config.steps), total=config.steps, initial=start, desc=desc)
+    for step in bar:
+        windows = sample(config.batch, generator)
+        chosen = picker.sample(paths, min(config.paths_per_step, len(paths)))
+        loss = sum(path_loss(translator, members[s], members[t], windows, config) for s, t in chosen) / len(chosen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        done = step + 1
+        if done % config.eval_every == 0 and done < config.steps:
+            translator.eval()
+            curves.append(curve_points(score_paths(translator, members, eval_paths, eval_windows, config), done))
+            translator.train()
+        if done % config.checkpoint_every == 0 and done < config.steps:
+            atomic_save(resume, {"key": key, "step": done, "translator": translator.state_dict(),
+                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "generator": generator.get_state(), "random": picker.getstate(),
+                                 "rng": torch.get_rng_state(), "curves": curves})
+    translator.eval()
+    final = score_paths(translator, members, eval_paths, eval_windows, config)
+    curves.append(curve_points(final, config.steps))
+    resume.unlink(missing_ok=True)
+    return translator, pd.concat(curves, ignore_index=True), final

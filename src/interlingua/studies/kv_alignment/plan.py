@@ -1,0 +1,142 @@
+"""What the K-V alignment study runs, from the `kv_alignment` config section (used by the Snakemake rules).
+
+Members are pre-trained (`pretrain:` keys of PretrainConfig, optionally from a `parent` member) or taken
+from the zoo (`model: <alias>`); `name@STEP` names a pre-training snapshot of `name` (its mid checkpoint).
+Runs (one translator training each, per seed) are named:
+  pool_<setting>            Figure 3: the default translator on one pool setting, every path
+  extend_<new>              Figure 4: pool_<ext setting> + a new member; only its adapters train, on paths
+                            with `with` members; every path is scored (the others were never trained on)
+  translator_<name>         Table 1: a translator variant on the ablation setting
+  paths<k>                  Figure 6: paths per step k on the ablation setting
+  recon<w>                  Table 2: reconstruction weight w on the ablation setting
+A variant equal to the default run is not run twice: its name resolves to the pool run.
+"""
+from __future__ import annotations
+
+import copy
+
+from ...errors import ConfigError
+
+MEMBERS_DIR = "data/kv_alignment/members"
+SNAPSHOTS_DIR = "data/kv_alignment/snapshots"
+RUNS_DIR = "results/kv_alignment"
+FIGURES_DIR = "figures/kv_alignment"
+
+
+def section(config: dict) -> dict:
+    return config.get("kv_alignment") or {}
+
+
+def enabled(config: dict) -> bool:
+    return bool(section(config).get("members"))
+
+
+def member_dir(config: dict, ref: str) -> str:
+    """Directory of a member reference: a pre-trained member, a snapshot (name@STEP) or a zoo model."""
+    name, _, step = ref.partition("@")
+    spec = _member(config, name)
+    if step:
+        if int(step) not in spec.get("pretrain", {}).get("snapshots", []):
+            raise ConfigError(f"kv_alignment: '{ref}' names step {step} of '{name}', which is not in its "
+                              f"pretrain.snapshots {spec.get('pretrain', {}).get('snapshots', [])}")
+        return f"{SNAPSHOTS_DIR}/{name}/step{step}"
+    if "model" in spec:
+        return f"data/models/{spec['model']}"
+    return f"{MEMBERS_DIR}/{name}"
+
+
+def _member(config: dict, name: str) -> dict:
+    members = section(config).get("members", {})
+    if name not in members:
+        raise ConfigError(f"kv_alignment: unknown member '{name}' (members: {sorted(members)})")
+    return members[name]
+
+
+def ref_name(ref: str) -> str:
+    """A member reference as a name (snapshots: name_stepN)."""
+    name, _, step = ref.partition("@")
+    return f"{name}_step{step}" if step else name
+
+
+def pretrained_members(config: dict) -> list[str]:
+    return [n for n, s in section(config).get("members", {}).items() if "pretrain" in s]
+
+
+def runs(config: dict) -> dict[str, dict]:
+    """Run name -> {members: {name: ref}, train: AlignConfig overrides, seeds, train_members, paths,
+    eval_paths, start_from (run name)}."""
+    kv = section(config)
+    if not enabled(config):
+        return {}
+    base, seeds, out = kv.get("train", {}), kv.get("seeds", [0]), {}
+    for setting, refs in kv.get("settings", {}).items():
+        out[f"pool_{setting}"] = {"members": {ref_name(r): r for r in refs}, "train": base, "seeds": seeds}
+    ext = kv.get("extensibility")
+    if ext:
+        start = f"pool_{ext['setting']}"
+        if start not in out:
+            raise ConfigError(f"kv_alignment.extensibility.setting '{ext['setting']}' is not a setting "
+                              f"({sorted(kv.get('settings', {}))})")
+        members = {**out[start]["members"], ref_name(ext["new"]): ext["new"]}
+        new = ref_name(ext["new"])
+        trained = [ref_name(r) for r in ext["with"]] + [new]
+        paths = [(s, t) for s in trained for t in trained if new in (s, t)]
+        out[f"extend_{new}"] = {"members": members, "train": {**base, **ext.get("train", {})}, "seeds": [seeds[0]],
+                                "train_members": [new], "paths": paths, "start_from": start}
+    abl = kv.get("ablations")
+    if abl:
+        setting = f"pool_{abl['setting']}"
+        if setting not in out:
+            raise ConfigError(f"kv_alignment.ablations.setting '{abl['setting']}' is not a setting")
+        members = out[setting]["members"]
+
+        def variant(name, train):
+            merged = {**base, **train}
+            out[name] = (setting if merged == base else
+                         {"members": members, "train": merged, "seeds": [seeds[0]]})
+
+        for name, translator in abl.get("translators", {}).items():
+            variant(f"translator_{name}", {"translator": translator})
+        for k in abl.get("paths_per_step", []):
+            variant(f"paths{k}", {"paths_per_step": k})
+        for w in abl.get("reconstruction_weight", []):
+            variant(f"recon{w:g}", {"reconstruction_weight": w})
+    return out
+
+
+def resolve(config: dict, run: str) -> tuple[str, dict]:
+    """(the run that is actually trained, its plan): aliases of the default resolve to the pool run."""
+    plans = runs(config)
+    if run not in plans:
+        raise ConfigError(f"kv_alignment: unknown run '{run}' (runs: {sorted(plans)})")
+    target = plans[run]
+    while isinstance(target, str):
+        run, target = target, plans[target]
+    return run, copy.deepcopy(target)
+
+
+def run_dirs(config: dict) -> list[str]:
+    """Every trained run's output directory (aliases resolved)."""
+    dirs = []
+    for name in runs(config):
+        real, plan = resolve(config, name)
+        dirs += [f"{RUNS_DIR}/{real}/seed{s}" for s in plan["seeds"]]
+    return sorted(set(dirs))
+
+
+def figures(config: dict) -> list[str]:
+    """The study's tables and figures (under figures/kv_alignment/)."""
+    if not enabled(config):
+        return []
+    kv = section(config)
+    names = [f"fig3_{s}.png" for s in kv.get("settings", {})] + ["fig3_final.md", "members.md"]
+    if kv.get("extensibility"):
+        names.append("fig4_extensibility.md")
+    abl = kv.get("ablations") or {}
+    if abl.get("translators"):
+        names.append("table1_translators.md")
+    if abl.get("paths_per_step"):
+        names.append("fig6_paths_per_step.png")
+    if abl.get("reconstruction_weight"):
+        names.append("table2_reconstruction.md")
+    return [f"{FIGURES_DIR}/{n}" for n in names]

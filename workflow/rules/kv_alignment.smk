@@ -1,0 +1,158 @@
+# Study 2, K-V cache alignment (Dery et al.): pool corpus -> pre-trained members -> translator runs -> report.
+# What runs is planned by interlingua/studies/kv_alignment/plan.py from the `kv_alignment` config section.
+from interlingua.studies.kv_alignment import plan as kv_plan
+from interlingua.studies.kv_alignment.corpus import CORPORA
+
+KV = config.get("kv_alignment") or {}
+
+
+def kv_corpus_files():
+    root = Path(config["paths"]["datasets"])
+    names = KV.get("corpus", {}).get("corpora", list(CORPORA))
+    return [str(root / f) for n in names for f in CORPORA[n][0]]
+
+
+def kv_corpus_request():
+    return {"corpus": KV.get("corpus", {}), "tokenizer": model_request(KV["tokenizer"]), "code": code("pool-corpus"),
+            "files": {Path(f).name if False else f: file_sha256(f) for f in kv_corpus_files()}}
+
+
+def kv_member_request(name):
+    """What decides a pre-trained member: its recipe, its parent's request, the corpus, the code."""
+    member = KV["members"][name]
+    parent = member.get("parent")
+    return {"pretrain": member["pretrain"], "parent": kv_member_request(parent) if parent else None,
+            "corpus": kv_corpus_request(), "code": code("pool-pretrain")}
+
+
+def kv_ref_request(ref):
+    name = ref.partition("@")[0]
+    member = KV["members"][name]
+    if "model" in member:
+        return {"model": model_request(member["model"])}
+    return {"member": kv_member_request(name), "ref": ref}
+
+
+def kv_ref_input(ref):
+    name = ref.partition("@")[0]
+    member = KV["members"][name]
+    if "model" in member:
+        return model_input(member["model"])
+    return unless_rerun(kv_plan.member_dir(config, ref), spec(request=kv_member_request(name)))
+
+
+def kv_run_request(run, seed):
+    real, plan = kv_plan.resolve(config, run)
+    request = {"run": real, "plan": plan, "seed": int(seed), "code": code("kv-align"),
+               "members": {n: kv_ref_request(r) for n, r in plan["members"].items()}, "corpus": kv_corpus_request()}
+    if plan.get("start_from"):
+        request["start_from"] = kv_run_request(plan["start_from"], plan["seeds"][0])
+    return request
+
+
+def kv_run_inputs(w):
+    _, plan = kv_plan.resolve(config, w.run)
+    inputs = {n: kv_ref_input(r) for n, r in plan["members"].items()}
+    inputs["corpus"] = unless_rerun("data/kv_alignment/corpus", spec(request=kv_corpus_request()))
+    inputs["tokenizer"] = model_input(KV["tokenizer"])
+    if plan.get("start_from"):
+        seed = plan["seeds"][0]
+        inputs["start_from"] = unless_rerun(f"{kv_plan.RUNS_DIR}/{plan['start_from']}/seed{seed}",
+                                            spec(request=kv_run_request(plan["start_from"], seed)))
+    return inputs
+
+
+def kv_member_inputs(w):
+    inputs = {"corpus": unless_rerun("data/kv_alignment/corpus", spec(request=kv_corpus_request()))}
+    parent = KV["members"][w.member].get("parent")
+    if parent:
+        inputs["parent"] = kv_ref_input(parent)
+    return inputs
+
+
+def kv_snapshot_args(w):
+    steps = KV["members"][w.member]["pretrain"].get("snapshots", [])
+    return " ".join(f"--snapshot {s}={kv_plan.SNAPSHOTS_DIR}/{w.member}/step{s}" for s in steps)
+
+
+rule kv_pool_corpus:
+    """The pool's text tokenized with the shared tokenizer, split (held-out documents), pool vocabulary."""
+    input:
+        files=ancient(kv_corpus_files()),  # their content hashes are in params
+        tokenizer=lambda w: model_input(KV["tokenizer"]),
+    output:
+        directory("data/kv_alignment/corpus"),
+    params:
+        spec=lambda w: spec(request=kv_corpus_request()),
+        corpus=lambda w: json.dumps(KV.get("corpus", {})),
+        datasets=config["paths"]["datasets"],
+    log:
+        "logs/kv_alignment/corpus.log",
+    shell:
+        "{CLI} pool-corpus --model-dir {input.tokenizer} --datasets {params.datasets} --config {params.corpus:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule kv_pretrain_member:
+    """Pre-train one small pool member (resumable; an expert continues from its parent), with its loss
+    curve and held-out NLL against a unigram model; snapshots (mid checkpoints) beside it."""
+    input:
+        unpack(kv_member_inputs),
+    output:
+        member=directory(f"{kv_plan.MEMBERS_DIR}/{{member}}"),
+        snapshots=directory(f"{kv_plan.SNAPSHOTS_DIR}/{{member}}"),
+    params:
+        spec=lambda w: spec(request=kv_member_request(w.member)),
+        config=lambda w: json.dumps(KV["members"][w.member]["pretrain"]),
+        parent=lambda w, input: f"--parent {input.parent}" if "parent" in input.keys() else "",
+        snapshots=kv_snapshot_args,
+    log:
+        "logs/kv_alignment/pretrain/{member}.log",
+    benchmark:
+        "results/benchmarks/kv_pretrain/{member}.tsv"
+    shell:
+        "mkdir -p {output.snapshots} && {CLI} pool-pretrain --threads {threads} --config {params.config:q} "
+        "--corpus {input.corpus} --out {output.member} {params.parent} {params.snapshots} > {log} 2>&1"
+
+
+rule kv_align:
+    """Train (or fit) a translator over a pool and score every path with its controls over training."""
+    input:
+        unpack(kv_run_inputs),
+    output:
+        directory(f"{kv_plan.RUNS_DIR}/{{run}}/seed{{seed}}"),
+    params:
+        spec=lambda w: spec(request=kv_run_request(w.run, w.seed)),
+        plan=lambda w: json.dumps(kv_plan.resolve(config, w.run)[1]),
+        members=lambda w, input: " ".join(f"{n}={input[n]}" for n in kv_plan.resolve(config, w.run)[1]["members"]),
+        start=lambda w, input: f"--start-from {input.start_from}/translator.pt" if "start_from" in input.keys() else "",
+    log:
+        "logs/kv_alignment/align/{run}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/kv_align/{run}/seed{seed}.tsv"
+    shell:
+        "{CLI} kv-align --threads {threads} --plan {params.plan:q} --seed {wildcards.seed} --corpus {input.corpus} "
+        "--tokenizer-dir {input.tokenizer} --out {output} {params.start} {params.members} > {log} 2>&1"
+
+
+rule kv_report:
+    """Every table and figure of the K-V alignment study from its runs and members."""
+    input:
+        runs=lambda w: [unless_rerun(d, spec(request=kv_run_request(d.split("/")[-2], d.split("seed")[-1])))
+                        for d in kv_plan.run_dirs(config)],
+        members=lambda w: [kv_ref_input(n) for n in kv_plan.pretrained_members(config)],
+    output:
+        kv_plan.figures(config),
+    params:
+        spec=lambda w: spec(kv_alignment=KV),
+        code=code("kv-report"),
+    log:
+        "logs/kv_alignment/report.log",
+    shell:
+        "{CLI} kv-report --spec {params.spec:q} --out-dir {kv_plan.FIGURES_DIR} > {log} 2>&1"
+
+
+rule figures_kv_alignment:
+    """The K-V cache alignment study: every table and figure its config asks for."""
+    input:
+        kv_plan.figures(config),
