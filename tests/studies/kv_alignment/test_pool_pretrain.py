@@ -1,0 +1,118 @@
+"""Pool pre-training on a tiny model: learning, exact resume, expert branching, seeds, the member format."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from interlingua.errors import ConfigError
+from interlingua.studies.kv_alignment.corpus import heldout_windows, load_corpus, unigram_nll
+from interlingua.studies.kv_alignment.pretrain import (PretrainConfig, build_model, load_member,
+                                                       load_pretrain_config, pretrain)
+
+TINY = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64, "seq_len": 32, "batch": 8,
+        "steps": 20, "warmup": 2, "lr": 1e-2, "min_lr": 1e-3, "eval_every": 10, "eval_tokens": 248,
+        "checkpoint_every": 5}
+
+
+def _weights(member_dir) -> dict:
+    return AutoModelForCausalLM.from_pretrained(member_dir, dtype=torch.float32).state_dict()
+
+
+def _rows(member_dir) -> list[dict]:
+    with open(member_dir / "loss.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tmp_path_factory):
+    """The reference run: 20 steps from scratch with a snapshot at step 10."""
+    out = tmp_path_factory.mktemp("runs") / "base"
+    return pretrain({**TINY, "snapshots": [10]}, tiny_corpus, out, progress=False)
+
+
+def test_twenty_steps_lower_held_out_nll_and_the_manifest_is_right(trained, tiny_corpus):
+    corpus = load_corpus(tiny_corpus)
+    manifest = json.loads((trained / "manifest.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(trained)                  # plain Hugging Face load
+    initial = build_model(PretrainConfig(**TINY), corpus.vocab.size, 0, 1)
+    rows = _rows(trained)
+    for name in ("tinystories", "wikitext"):
+        windows = heldout_windows(corpus.heldout[name], 32, corpus.bos, 248)   # (n, 32)
+        with torch.no_grad():                                                # HF's own shifted loss
+            nll = model(input_ids=windows, labels=windows).loss.item()
+            nll0 = initial(input_ids=windows, labels=windows).loss.item()
+        h = manifest["heldout"][name]
+        assert h["nll"] == pytest.approx(nll, abs=1e-4)
+        assert float(rows[0][f"heldout_nll_{name}"]) == pytest.approx(nll0, abs=1e-4)   # step 0 = untrained
+        assert nll < nll0 - 0.5
+        assert h["unigram_nll"] == pytest.approx(unigram_nll(corpus.train[name], windows[:, 1:].numpy(), 64))
+        assert h["gap"] == pytest.approx(h["unigram_nll"] - h["nll"]) and h["tokens"] == windows[:, 1:].numel()
+    assert manifest["margin"]["met"] == (min(h["gap"] for h in manifest["heldout"].values()) >= 1.0)
+    assert manifest["vocab"]["digest"] == corpus.vocab.digest and manifest["steps"] == 20
+    assert [int(r["step"]) for r in rows] == list(range(21))
+    assert [r["heldout_nll_wikitext"] != "" for r in rows].count(True) == 3       # steps 0, 10, 20
+    _, vocab, _ = load_member(trained)
+    assert vocab.digest == corpus.vocab.digest
+    snapshot = json.loads((trained.with_name("base_step10") / "manifest.json").read_text())
+    assert snapshot["steps"] == 10 and snapshot["snapshot_of"] == "base"
+
+
+def test_resume_after_interruption_equals_the_uninterrupted_run(trained, tiny_corpus, tmp_path):
+    out = tmp_path / "base"
+
+    def interrupt(step):
+        if step == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain({**TINY, "snapshots": [10]}, tiny_corpus, out, on_step=interrupt, progress=False)
+    state = torch.load(tmp_path / ".base.resume" / "state.pt", weights_only=False)
+    assert state["step"] == 13 and not out.exists()
+    pretrain({**TINY, "snapshots": [10]}, tiny_corpus, out, progress=False)
+    reference, resumed = _weights(trained), _weights(out)
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)
+    assert [r["train_loss"] for r in _rows(out)] == [r["train_loss"] for r in _rows(trained)]
+    assert not (tmp_path / ".base.resume").exists()
+
+
+def test_an_expert_starts_from_its_parents_weights(trained, tiny_corpus, tmp_path):
+    expert = {**TINY, "mix": {"wikitext": 1.0}, "steps": 4, "warmup": 1, "lr": 0.0, "min_lr": 0.0, "seed": 3}
+    out = pretrain(expert, tiny_corpus, tmp_path / "wiki", parent=trained, progress=False)
+    parent, child = _weights(trained), _weights(out)
+    for key in parent:                                  # lr 0: four AdamW steps leave the parent's weights
+        torch.testing.assert_close(child[key], parent[key], rtol=0, atol=0, msg=key)
+    manifest = json.loads((out / "manifest.json").read_text())
+    parent_manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["parent"]["name"] == "base" and manifest["lineage"] == {"steps_before": 20, "ancestors": ["base"]}
+    assert manifest["total_steps"] == 24 and manifest["corpora_trained_on"] == ["wikitext"]
+    assert manifest["heldout"]["wikitext"]["trained_on"] and not manifest["heldout"]["tinystories"]["trained_on"]
+    assert float(_rows(out)[0]["heldout_nll_wikitext"]) == pytest.approx(parent_manifest["heldout"]["wikitext"]["nll"])
+    with pytest.raises(ConfigError, match="hidden"):
+        pretrain({**expert, "hidden": 64, "heads": 2}, tiny_corpus, tmp_path / "bad", parent=trained, progress=False)
+
+
+def test_seeds_give_different_weights_and_a_seed_repeats(tiny_corpus, tmp_path):
+    short = {**TINY, "steps": 3, "eval_every": 3}
+    runs = {name: _weights(pretrain({**short, "seed": seed}, tiny_corpus, tmp_path / name, progress=False))
+            for name, seed in [("a", 0), ("b", 1), ("c", 0)]}
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(runs["a"][key], runs["b"][key])
+    assert all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key.*'hiden'"):
+        load_pretrain_config('{"hiden": 3}')
+    with pytest.raises(ConfigError, match="kv_heads=3"):
+        load_pretrain_config({"heads": 4, "kv_heads": 3})
+    with pytest.raises(ConfigError, match="snapshots"):
+        load_pretrain_config({"steps": 10, "warmup": 1, "snapshots": [10]})
+    (tmp_path / "c.yaml").write_text("hidden: 64\nheads: 4\n")
+    assert load_pretrain_config(str(tmp_path / "c.yaml")).hidden == 64
+    assert np.isclose(load_pretrain_config("{}").lr, PretrainConfig().lr)
