@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from interlingua.studies.kv_alignment.corpus import CorpusConfig, prepare_corpus
 from interlingua.tiny import build_tokenizer
@@ -37,6 +38,15 @@ def write_mirror(root: Path, stories: int = 60, articles: int = 20, seed: int = 
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
     return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

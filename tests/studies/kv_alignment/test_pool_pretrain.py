@@ -73,10 +73,12 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(trained, tiny_co
         pretrain({**TINY, "snapshots": [10]}, tiny_corpus, out, on_step=interrupt, progress=False)
     state = torch.load(tmp_path / ".base.resume" / "state.pt", weights_only=False)
     assert state["step"] == 13 and not out.exists()
+    assert (tmp_path / ".base.resume" / "snapshot_step10").is_dir() and not (tmp_path / "base_step10").exists()
     pretrain({**TINY, "snapshots": [10]}, tiny_corpus, out, progress=False)
-    reference, resumed = _weights(trained), _weights(out)
-    for key in reference:
-        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)
+    for reference, resumed in [(trained, out), (trained.with_name("base_step10"), tmp_path / "base_step10")]:
+        reference, resumed = _weights(reference), _weights(resumed)
+        for key in reference:
+            torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)
     assert [r["train_loss"] for r in _rows(out)] == [r["train_loss"] for r in _rows(trained)]
     assert not (tmp_path / ".base.resume").exists()
 

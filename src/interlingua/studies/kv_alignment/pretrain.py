@@ -10,8 +10,9 @@ A member directory (`save_pretrained` layout, loads with AutoModelForCausalLM.fr
 One call = one member (a Snakemake rule): inputs the corpus dir (+ the parent dir for an expert), output the
 member dir; `snapshots` steps (the mid checkpoint) are written as members of their own beside it.
 Resuming: the state (model, AdamW, step, log) is saved every `checkpoint_every` steps and on SIGINT/SIGTERM
-to <out>.resume/ beside the output (Snakemake clears outputs, not that); batches are drawn from a generator
-seeded by (seed, step), so a resumed run ends with the same weights as an uninterrupted one.
+to .<out>.resume/ beside the output (Snakemake clears a failed job's outputs, not that; snapshots wait there
+too and move to their own dirs with the final member); batches are drawn from a generator seeded by
+(seed, step), so a resumed run ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def _parent(parent_dir, config: PretrainConfig, corpus: PoolCorpus):
         raise ConfigError(f"seq_len={config.seq_len} exceeds the parent's {manifest['config']['seq_len']}")
     model.train()
     model.requires_grad_(True)
-    record = {"dir": str(parent_dir), "name": manifest["name"], "weights_sha256": file_sha256(Path(parent_dir) / "model.safetensors"),
+    record = {"dir": str(parent_dir), "name": manifest["name"],
+              "weights_sha256": file_sha256(Path(parent_dir) / "model.safetensors"),
               "total_steps": manifest["total_steps"], "lineage": manifest["lineage"]}
     return model, record
 
@@ -211,10 +213,10 @@ def _evaluate(model, corpus: PoolCorpus, config: PretrainConfig) -> dict:
 
 
 def _write_member(model, out: Path, *, corpus: PoolCorpus, config: PretrainConfig, rows: list, record: dict,
-                  heldout: dict) -> Path:
+                  heldout: dict, name: str | None = None) -> Path:
     """Write a member dir beside its target, then rename (a killed job never leaves half a member)."""
     trained = [h["gap"] for h in heldout.values() if h["trained_on"]]
-    manifest = {**record, "name": out.name, "heldout": heldout,
+    manifest = {**record, "name": name or out.name, "heldout": heldout,
                 "margin": {"required": config.margin, "min_gap_trained_on": min(trained),
                            "met": min(trained) >= config.margin}}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +298,7 @@ def pretrain(config: PretrainConfig | dict, corpus_dir: str | Path, out: str | P
     def member_record(step):
         return {**record, "steps": step, "total_steps": lineage["steps_before"] + step,
                 "tokens_seen": step * tokens_per_step, "wall_seconds": seconds,
-                "tokens_per_second": step * tokens_per_step / max(seconds, 1e-9) if step > start else None,
+                "tokens_per_second": step * tokens_per_step / seconds if seconds > 0 else None,  # evals included
                 "threads": torch.get_num_threads()}
 
     if start == 0:  # the curve starts at the untrained (or the parent's) held-out NLL
@@ -329,9 +331,10 @@ def pretrain(config: PretrainConfig | dict, corpus_dir: str | Path, out: str | P
                         f"{n} {h['nll']:.3f} (unigram {h['unigram_nll']:.3f})" for n, h in heldout.items()))
                 rows.append(row)
                 seconds += time.perf_counter() - tick
-                if step in snapshot_dirs:
-                    _write_member(model, snapshot_dirs[step], corpus=corpus, config=config, rows=rows,
-                                  record={**member_record(step), "snapshot_of": out.name}, heldout=heldout)
+                if step in snapshot_dirs:  # kept with the resumable state until the run ends
+                    _write_member(model, resume_dir / f"snapshot_step{step}", corpus=corpus, config=config,
+                                  rows=rows, record={**member_record(step), "snapshot_of": out.name}, heldout=heldout,
+                                  name=snapshot_dirs[step].name)
                 if step % config.checkpoint_every == 0 and step < config.steps:
                     save_state(step)
                 bar.update(1)
@@ -350,6 +353,10 @@ def pretrain(config: PretrainConfig | dict, corpus_dir: str | Path, out: str | P
         bar.close()
     final = heldout if evaluated_at == step else _evaluate(model, corpus, config)
     _write_member(model, out, corpus=corpus, config=config, rows=rows, record=member_record(step), heldout=final)
+    for snap, target in snapshot_dirs.items():
+        if target.exists():
+            shutil.rmtree(target)
+        (resume_dir / f"snapshot_step{snap}").rename(target)
     shutil.rmtree(resume_dir, ignore_errors=True)
     for name, h in final.items():
         print(f"{out.name} {name}: held-out NLL {h['nll']:.3f}, unigram {h['unigram_nll']:.3f}, gap {h['gap']:.3f} nats"
