@@ -368,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("--split", {"help": "the store's split: shows each example's text"}),
             ("--out", {"required": True, "help": "output prefix, e.g. figures/soft_token_neighbours"}))
     command("pool-corpus", cmd_pool_corpus, "study 2: tokenize, split the pool corpora; build the pool vocabulary",
-            ("--model-dir", {"required": True, "help": "materialized model whose tokenizer the pool shares (smollm2)"}),
+            ("--model-dir", {"required": True, "help": "materialized model whose tokenizer the pool shares"}),
             ("--datasets", {"required": True, "help": "the datasets mirror (paths.datasets)"}), ("--out", req),
-            ("--config", {"help": "JSON, YAML or a file of CorpusConfig keys (vocab_size, held_out_fraction, corpora)"}))
+            ("--config", {"help": "JSON, YAML or a file of CorpusConfig keys (vocab_size, held_out_fraction)"}))
     command("pool-pretrain", cmd_pool_pretrain, "study 2: pre-train one pool member (resumable; an expert with --parent)",
             ("--config", {"required": True, "help": "JSON, YAML or a file of PretrainConfig keys"}),
             ("--corpus", {"required": True, "help": "the pool-corpus output"}), ("--out", req),

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from interlingua.errors import ConfigError
 from interlingua.studies.kv_alignment.corpus import heldout_windows, load_corpus, unigram_nll
-from interlingua.studies.kv_alignment.pretrain import (PretrainConfig, build_model, load_member,
-                                                       load_pretrain_config, pretrain)
+from interlingua.studies.kv_alignment.pretrain import (DEFAULT_POOL, SIZE_KEYS, PretrainConfig, build_model,
+                                                       load_member, load_pretrain_config, pool_member, pretrain)
 
 TINY = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64, "seq_len": 32, "batch": 8,
         "steps": 20, "warmup": 2, "lr": 1e-2, "min_lr": 1e-3, "eval_every": 10, "eval_tokens": 248,
@@ -118,3 +118,32 @@ def test_config_errors_name_the_key(tmp_path):
     (tmp_path / "c.yaml").write_text("hidden: 64\nheads: 4\n")
     assert load_pretrain_config(str(tmp_path / "c.yaml")).hidden == 64
     assert np.isclose(load_pretrain_config("{}").lr, PretrainConfig().lr)
+
+
+def test_the_default_pool_is_consistent():
+    members = {name: pool_member(name) for name in DEFAULT_POOL}
+    for name, (config, parent) in members.items():
+        if parent is not None:                                     # experts keep their parent's size
+            assert all(getattr(config, k) == getattr(members[parent][0], k) for k in SIZE_KEYS), name
+            assert members[parent][1] is None
+    seeds = [c.seed for n, (c, p) in members.items() if p is None and c.hidden == PretrainConfig().hidden]
+    assert sorted(seeds) == [0, 1, 2]
+    assert len({(c.hidden, c.layers) for c, _ in members.values()}) == 2
+    assert members["small_s0"][0].snapshots == [250]
+    with pytest.raises(ConfigError, match="unknown pool member 'tiny'"):
+        pool_member("tiny")
+
+
+def test_cli_builds_a_corpus_and_a_member(tiny_mirror, tiny_tokenizer, tmp_path):
+    from interlingua.cli import main
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    assert main(["pool-corpus", "--model-dir", str(tmp_path / "tok"), "--datasets", str(tiny_mirror),
+                 "--out", str(tmp_path / "corpus"), "--config", '{"vocab_size": 64, "held_out_fraction": 0.2}']) == 0
+    config = json.dumps({**TINY, "steps": 4, "warmup": 1, "snapshots": [2]})
+    assert main(["pool-pretrain", "--threads", "1", "--config", config, "--corpus", str(tmp_path / "corpus"),
+                 "--out", str(tmp_path / "m"), "--snapshot", f"2={tmp_path / 'mid'}"]) == 0
+    assert json.loads((tmp_path / "mid" / "manifest.json").read_text())["name"] == "mid"
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["steps"] == 4
+    assert main(["pool-pretrain", "--config", config, "--corpus", str(tmp_path / "corpus"),
+                 "--out", str(tmp_path / "m2"), "--snapshot", "mid"]) == 2

@@ -285,7 +285,8 @@ def heldout_windows(stream: np.ndarray, seq_len: int, bos: int, max_tokens: int 
     body = seq_len - 1
     n = len(stream) // body if max_tokens is None else min(len(stream) // body, max_tokens // body)
     if n == 0:
-        raise DataError(f"held-out stream of {len(stream)} tokens gives no window of {seq_len} (max_tokens={max_tokens})")
+        raise DataError(f"held-out stream of {len(stream)} tokens gives no window of seq_len={seq_len} "
+                        f"(max_tokens={max_tokens})")
     chunks = torch.as_tensor(stream[: n * body]).view(n, body)                          # (n, T-1)
     return torch.cat([torch.full((n, 1), bos, dtype=torch.long), chunks.long()], dim=1)  # (n, T)
 

@@ -45,26 +45,27 @@ SIZE_KEYS = ("hidden", "layers", "heads", "kv_heads", "intermediate", "rope_thet
 @dataclass
 class PretrainConfig:
     # model size (Llama: RMSNorm, SwiGLU, rotary, grouped-query attention; tied embeddings)
-    hidden: int = 128             # d_model
-    layers: int = 4
+    hidden: int = 96              # d_model
+    layers: int = 3
     heads: int = 4                # head_dim = hidden / heads
     kv_heads: int = 2
-    intermediate: int = 384       # SwiGLU width
+    intermediate: int = 256       # SwiGLU width
     rope_theta: float = 10000.0
     # data
     seq_len: int = 128            # window length, bos at position 0 included
-    batch: int = 16               # windows per step
-    mix: dict = field(default_factory=lambda: {"tinystories": 1.0, "wikitext": 1.0})  # corpus -> row probability
+    batch: int = 16               # windows per step (16 x 127 = 2,032 scored tokens)
+    mix: dict = field(default_factory=lambda: {"tinystories": 1.0, "wikitext": 2.0})  # corpus -> row probability;
+    #                               WikiText is the harder one (its gap to unigram is the binding one)
     # optimisation: AdamW, linear warmup then cosine decay to min_lr
-    steps: int = 400              # steps of this run (an expert's own steps, after its parent's)
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup: int = 40
+    steps: int = 500              # steps of this run (an expert's own steps, after its parent's)
+    lr: float = 6e-3
+    min_lr: float = 6e-4
+    warmup: int = 50
     weight_decay: float = 0.1     # on matrices only (not norms)
     grad_clip: float = 1.0
     seed: int = 0                 # initialisation and data order
     # bookkeeping
-    eval_every: int = 100         # held-out NLL every N steps (and at the end)
+    eval_every: int = 100         # held-out NLL every N steps (and at step 0, snapshots and the end)
     eval_tokens: int = 16384      # scored held-out tokens per corpus (the first windows of its held-out stream)
     checkpoint_every: int = 50    # resumable state every N steps
     snapshots: list = field(default_factory=list)  # steps also written as members (e.g. the mid checkpoint)
@@ -92,6 +93,29 @@ class PretrainConfig:
              and all(v >= 0 for v in self.mix.values()), "mix", "must map corpora to weights >= 0, one > 0")
         need(all(isinstance(s, int) and 0 < s < self.steps for s in self.snapshots), "snapshots",
              f"must be steps in (0, steps={self.steps})")
+
+
+# The default pool (issue 11): member -> (PretrainConfig keys over the defaults, parent member or None).
+# Sized on this 2-core machine (benchmarks/pool_pretrain_speed.py): ~130 CPU-s per 500-step small member,
+# ~200 the medium one, ~30 an expert: ~690 CPU-s in all, under 6 minutes on 2 cores (2 members at a time).
+_EXPERT = {"steps": 100, "warmup": 10, "lr": 3e-3, "min_lr": 3e-4, "eval_every": 50}
+DEFAULT_POOL = {
+    "small_s0": ({"snapshots": [250]}, None),   # 4.1: small_s0_step250 (mid) + final; 4.2 parent; 4.3 seed 0
+    "small_s1": ({"seed": 1}, None),            # 4.3
+    "small_s2": ({"seed": 2}, None),            # 4.3
+    "small_s0_tinystories": ({**_EXPERT, "mix": {"tinystories": 1.0}}, "small_s0"),  # 4.2 experts
+    "small_s0_wikitext": ({**_EXPERT, "mix": {"wikitext": 1.0}}, "small_s0"),
+    "medium_s0": ({"hidden": 128, "layers": 4, "intermediate": 384}, None),           # 4.4 second size
+}
+
+
+def pool_member(name: str, pool: dict | None = None) -> tuple[PretrainConfig, str | None]:
+    """(config, parent member name) of a pool member (DEFAULT_POOL unless `pool` is given)."""
+    pool = DEFAULT_POOL if pool is None else pool
+    if name not in pool:
+        raise ConfigError(f"unknown pool member '{name}' (known: {sorted(pool)})")
+    overrides, parent = pool[name]
+    return PretrainConfig.from_dict(overrides), parent
 
 
 def load_pretrain_config(source: str | dict) -> PretrainConfig:
@@ -185,10 +209,13 @@ def _parent(parent_dir, config: PretrainConfig, corpus: PoolCorpus):
     """(model, parent record) of an expert's parent; checks vocabulary and size."""
     model, vocab, manifest = load_member(parent_dir)
     if vocab.digest != corpus.vocab.digest:
-        raise ConfigError(f"parent {parent_dir} uses pool vocabulary {vocab.digest}, the corpus {corpus.vocab.digest}")
-    differ = {k: (manifest["config"][k], getattr(config, k)) for k in SIZE_KEYS if manifest["config"][k] != getattr(config, k)}
+        raise ConfigError(f"parent {parent_dir} uses pool vocabulary {vocab.digest}, "
+                          f"the corpus {corpus.vocab.digest}")
+    differ = {k: (manifest["config"][k], getattr(config, k)) for k in SIZE_KEYS
+              if manifest["config"][k] != getattr(config, k)}
     if differ:
-        raise ConfigError(f"an expert keeps its parent's size; parent {parent_dir} differs in {differ} (parent, config)")
+        raise ConfigError(f"an expert keeps its parent's size; parent {parent_dir} differs in {differ} "
+                          "(parent, config)")
     if manifest["config"]["seq_len"] < config.seq_len:
         raise ConfigError(f"seq_len={config.seq_len} exceeds the parent's {manifest['config']['seq_len']}")
     model.train()
@@ -235,9 +262,9 @@ def _write_member(model, out: Path, *, corpus: PoolCorpus, config: PretrainConfi
     return out
 
 
-def pretrain(config: PretrainConfig | dict, corpus_dir: str | Path, out: str | Path, *, parent: str | Path | None = None,
-             snapshot_dirs: dict | None = None, resume_dir: str | Path | None = None, on_step=None,
-             progress: bool = True) -> Path:
+def pretrain(config: PretrainConfig | dict, corpus_dir: str | Path, out: str | Path, *,
+             parent: str | Path | None = None, snapshot_dirs: dict | None = None,
+             resume_dir: str | Path | None = None, on_step=None, progress: bool = True) -> Path:
     """Train one member into `out` (from scratch, or from `parent`'s weights for an expert).
     snapshot_dirs: {step: dir} for config.snapshots (default <out>_step<N> beside out).
     on_step(step): called after each completed step (tests interrupt through it)."""
@@ -359,6 +386,6 @@ def pretrain(config: PretrainConfig | dict, corpus_dir: str | Path, out: str | P
         (resume_dir / f"snapshot_step{snap}").rename(target)
     shutil.rmtree(resume_dir, ignore_errors=True)
     for name, h in final.items():
-        print(f"{out.name} {name}: held-out NLL {h['nll']:.3f}, unigram {h['unigram_nll']:.3f}, gap {h['gap']:.3f} nats"
-              f"{'' if h['trained_on'] else ' (not trained on)'}")
+        print(f"{out.name} {name}: held-out NLL {h['nll']:.3f}, unigram {h['unigram_nll']:.3f}, "
+              f"gap {h['gap']:.3f} nats{'' if h['trained_on'] else ' (not trained on)'}")
     return out
