@@ -305,7 +305,8 @@ def pretrain(config: PretrainConfig | dict, corpus_dir: str | Path, out: str | P
             start, rows, seconds = state["step"], state["rows"], state["seconds"]
             print(f"resuming {out.name} at step {start} from {state_path}")
         else:
-            print(f"ignoring {state_path}: it was written for another request")
+            print(f"discarding {resume_dir}: it was written for another request")
+            shutil.rmtree(resume_dir)
 
     record = {"kind": "kv_pool_member", "config": asdict(config), "architecture": type(model).__name__,
               "parameters": sum(p.numel() for p in model.parameters()),
