@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -63,16 +65,22 @@ def test_twenty_steps_lower_held_out_nll_and_the_manifest_is_right(trained, tiny
 
 
 def test_resume_after_interruption_equals_the_uninterrupted_run(trained, tiny_corpus, tmp_path):
-    out = tmp_path / "base"
+    out, state_path = tmp_path / "base", tmp_path / ".base.resume" / "state.pt"
+
+    def terminate(step):                        # SIGTERM (Snakemake's kill): the step finishes, then it stops
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def interrupt(step):
         if step == 13:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
+        pretrain({**TINY, "snapshots": [10]}, tiny_corpus, out, on_step=terminate, progress=False)
+    assert torch.load(state_path, weights_only=False)["step"] == 7
+    with pytest.raises(KeyboardInterrupt):
         pretrain({**TINY, "snapshots": [10]}, tiny_corpus, out, on_step=interrupt, progress=False)
-    state = torch.load(tmp_path / ".base.resume" / "state.pt", weights_only=False)
-    assert state["step"] == 13 and not out.exists()
+    assert torch.load(state_path, weights_only=False)["step"] == 13 and not out.exists()
     assert (tmp_path / ".base.resume" / "snapshot_step10").is_dir() and not (tmp_path / "base_step10").exists()
     pretrain({**TINY, "snapshots": [10]}, tiny_corpus, out, progress=False)
     for reference, resumed in [(trained, out), (trained.with_name("base_step10"), tmp_path / "base_step10")]:
