@@ -216,6 +216,27 @@ def cmd_soft_token_neighbours(args):
                                  store_request=with_split(spec.get("store"), args.split), device=device))
 
 
+def cmd_pool_corpus(args):
+    from .studies.kv_alignment.corpus import CorpusConfig, prepare_corpus, read_settings
+    from .zoo import load_tokenizer
+    _runtime(args)
+    config = CorpusConfig(**read_settings(args.config, CorpusConfig)) if args.config else CorpusConfig()
+    print(prepare_corpus(args.datasets, load_tokenizer(args.model_dir), args.out, config))
+
+
+def cmd_pool_pretrain(args):
+    from .studies.kv_alignment.pretrain import load_pretrain_config, pretrain
+    _runtime(args)
+    snapshots = {}
+    for item in args.snapshot or []:
+        step, sep, path = item.partition("=")
+        if not sep or not step.isdigit():
+            raise InterlinguaError(f"--snapshot takes STEP=DIR, got {item!r}")
+        snapshots[int(step)] = path
+    print(pretrain(load_pretrain_config(args.config), args.corpus, args.out, parent=args.parent,
+                   snapshot_dirs=snapshots, resume_dir=args.resume_dir))
+
+
 def cmd_collect(args):
     from .report import collect, write_metrics
     print(collect(args.inputs, args.out, args.predictions, args.paired_tests))
@@ -346,6 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
             ("--store", req), ("--receiver-dir", req), ("--checkpoint", req),
             ("--split", {"help": "the store's split: shows each example's text"}),
             ("--out", {"required": True, "help": "output prefix, e.g. figures/soft_token_neighbours"}))
+    command("pool-corpus", cmd_pool_corpus, "study 2: tokenize, split the pool corpora; build the pool vocabulary",
+            ("--model-dir", {"required": True, "help": "materialized model whose tokenizer the pool shares"}),
+            ("--datasets", {"required": True, "help": "the datasets mirror (paths.datasets)"}), ("--out", req),
+            ("--config", {"help": "JSON, YAML or a file of CorpusConfig keys (vocab_size, held_out_fraction)"}))
+    command("pool-pretrain", cmd_pool_pretrain, "study 2: pre-train one pool member (resumable; an expert with --parent)",
+            ("--config", {"required": True, "help": "JSON, YAML or a file of PretrainConfig keys"}),
+            ("--corpus", {"required": True, "help": "the pool-corpus output"}), ("--out", req),
+            ("--parent", {"help": "member dir an expert branches from"}),
+            ("--snapshot", {"action": "append", "metavar": "STEP=DIR",
+                            "help": "where config.snapshots steps go (default OUT_step<STEP>)"}),
+            ("--resume-dir", {"help": "resumable state (default .<OUT>.resume beside OUT)"}))
     command("collect", cmd_collect, "concatenate tidy result CSVs", ("--out", req),
             ("--metrics", {"help": "also write mean accuracy per task and method as JSON (dvc metrics)"}),
             ("--predictions", {"help": "also concatenate the inputs' per-example predictions (NAME.predictions.csv)"}),
