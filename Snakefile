@@ -1,6 +1,7 @@
 # interlingua: cross-model latent communication, end to end.
 #   snakemake --cores all figures                          default study (params.yaml): every study's figures
 #   snakemake --cores all figures_latentwire               the LatentWire study alone
+#   snakemake --cores all figures_kv_alignment             the K-V cache alignment study alone
 #   snakemake --cores all figures --configfile config/smoke.yaml   tiny models, minutes
 from pathlib import Path
 
@@ -21,6 +22,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/speed.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/kv_alignment.smk"
 include: "workflow/rules/targets.smk"
 
 

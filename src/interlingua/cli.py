@@ -237,6 +237,29 @@ def cmd_pool_pretrain(args):
                    snapshot_dirs=snapshots, resume_dir=args.resume_dir))
 
 
+def cmd_kv_align(args):
+    from .studies.kv_alignment.run import align_job
+    spec, device, _ = _runtime(args)
+    plan = json.loads(args.plan)
+    members = {}
+    for item in args.members:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise InterlinguaError(f"kv-align takes members as NAME=DIR, got {item!r}")
+        members[name] = path
+    paths = [tuple(p) for p in plan["paths"]] if plan.get("paths") else None
+    print(align_job(members, args.corpus, args.tokenizer_dir, plan["train"], args.seed, args.out,
+                    train_members=plan.get("train_members"), paths=paths, start_from=args.start_from,
+                    device=device, run_key=args.plan))
+
+
+def cmd_kv_report(args):
+    from .studies.kv_alignment.report import write_all
+    spec, _, _ = _runtime(args)
+    for path in write_all({"kv_alignment": spec["kv_alignment"]}, args.out_dir):
+        print(path)
+
+
 def cmd_collect(args):
     from .report import collect, write_metrics
     print(collect(args.inputs, args.out, args.predictions, args.paired_tests))
@@ -378,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
             ("--snapshot", {"action": "append", "metavar": "STEP=DIR",
                             "help": "where config.snapshots steps go (default OUT_step<STEP>)"}),
             ("--resume-dir", {"help": "resumable state (default .<OUT>.resume beside OUT)"}))
+    command("kv-align", cmd_kv_align, "study 2: train (or fit) a translator over a pool; curves and per-window scores",
+            ("--plan", {"required": True, "help": "JSON run plan (studies/kv_alignment/plan.py): train, paths, ..."}),
+            ("--seed", {"type": int, "default": 0}), ("--corpus", req), ("--tokenizer-dir", req), ("--out", req),
+            ("--start-from", {"help": "a translator.pt whose adapters are kept (extensibility)"}),
+            ("members", {"nargs": "+", "metavar": "NAME=DIR"}))
+    command("kv-report", cmd_kv_report, "study 2: every table and figure from the runs and members",
+            ("--out-dir", {"default": "figures/kv_alignment"}))
     command("collect", cmd_collect, "concatenate tidy result CSVs", ("--out", req),
             ("--metrics", {"help": "also write mean accuracy per task and method as JSON (dvc metrics)"}),
             ("--predictions", {"help": "also concatenate the inputs' per-example predictions (NAME.predictions.csv)"}),

@@ -230,7 +230,7 @@ def _keep_planned(rows: pd.DataFrame, study: dict, why: str, bridge_seeds=None) 
     return rows[keep], not_shown_note(dropped, why)
 
 
-def _write_table(frame: pd.DataFrame, out_prefix, caption: str, label: str, notes: list[str] = ()) -> None:
+def write_table(frame: pd.DataFrame, out_prefix, caption: str, label: str, notes: list[str] = ()) -> None:
     """OUT.md and OUT.tex; `notes` (e.g. the paired tests) go under the table, one line each."""
     if isinstance(frame.index, pd.MultiIndex):  # "sst2 / bridge", not "('sst2', 'bridge')"
         frame = frame.set_axis([" / ".join(map(str, key)) for key in frame.index], axis=0)
@@ -308,7 +308,7 @@ def _latex_escape(text: str) -> str:
     return "".join(special.get(char, char) for char in text)
 
 
-def _save_figure(fig, out_prefix, note: str = "") -> None:
+def save_figure(fig, out_prefix, note: str = "") -> None:
     """Save as OUT.png; `note` (unequal n, rows not shown) goes under the axes as a footnote."""
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
     if note:
@@ -365,7 +365,7 @@ def table2_main(results_path, out_prefix, study: dict) -> None:
     """Every task x {random, majority class, prompt tuning, each model 0-shot and k-shot, text relay, bridge}."""
     results, dropped = _main_rows(read_results(results_path), study, study["tasks"])
     wide = _accuracy_by_task(results, "table2_main")
-    _write_table(wide, out_prefix, _accuracy_caption("Table 2: accuracy on every task.", results, dropped), "main",
+    write_table(wide, out_prefix, _accuracy_caption("Table 2: accuracy on every task.", results, dropped), "main",
                  paired_notes(results_path, results))
 
 
@@ -376,7 +376,7 @@ def table9_reasoning(results_path, out_prefix, study: dict) -> None:
         raise ValueError("table9_reasoning: study.tasks has none of " + ", ".join(REASONING_TASKS))
     results, dropped = _main_rows(read_results(results_path), study, tasks)
     wide = _accuracy_by_task(results, "table9_reasoning")
-    _write_table(wide, out_prefix, _accuracy_caption("Table 9: reasoning tasks.", results, dropped), "reasoning",
+    write_table(wide, out_prefix, _accuracy_caption("Table 9: reasoning tasks.", results, dropped), "reasoning",
                  paired_notes(results_path, results))
 
 
@@ -419,7 +419,7 @@ def table1_architectures(results_path, out_prefix, study: dict) -> None:
     wide, unequal = _by_bridge(rows, "bridge")
     wide = wide.reindex([b for b in section["bridges"] if b in set(rows.bridge)])
     first = study["pairs"][0]
-    _write_table(wide, out_prefix, _caption(
+    write_table(wide, out_prefix, _caption(
         f"Table 1: bridge architectures, {first['sender']} -> {first['receiver']}, seeds {study['sweep_seeds']}, "
         "equal step budgets; n = evaluation rows scored.", unequal, dropped), "architectures",
         paired_notes(results_path, rows))
@@ -436,7 +436,7 @@ def table7_token_scaling(results_path, out_prefix, study: dict) -> None:
     names = [f"{main}~num_queries={m}" for m in section["num_queries"]]
     rows, dropped = _sweep_rows(read_results(results_path), study, section["tasks"], names)
     wide, unequal = _by_bridge(rows[rows.variant == ""], "soft tokens M", lambda b: _variant_value(b, "num_queries"))
-    _write_table(wide.sort_index(), out_prefix, _caption(
+    write_table(wide.sort_index(), out_prefix, _caption(
         f"Table 7: accuracy against the number of soft tokens M, seeds {study['sweep_seeds']}; n = evaluation "
         "rows scored.", unequal, dropped), "token_scaling")
 
@@ -458,7 +458,7 @@ def fig5_token_scaling(results_path, out_prefix, study: dict) -> None:
         ax.set_xlabel("soft tokens M")
         ax.set_ylabel("accuracy")
         ax.legend()
-        _save_figure(fig, out_prefix, _caption(unequal_n_note(rows.assign(label=rows.bridge)), dropped))
+        save_figure(fig, out_prefix, _caption(unequal_n_note(rows.assign(label=rows.bridge)), dropped))
 
 
 def table10_hyperparameters(results_path, out_prefix, study: dict) -> None:
@@ -469,7 +469,7 @@ def table10_hyperparameters(results_path, out_prefix, study: dict) -> None:
     rows = rows[rows.variant == ""]
     wide, unequal = _by_bridge(rows, "setting", lambda b: b.split("~", 1)[1].replace("=", " = "))
     wide = wide.reindex([n.split("~", 1)[1].replace("=", " = ") for n in names if n in set(rows.bridge)])
-    _write_table(wide, out_prefix, _caption(
+    write_table(wide, out_prefix, _caption(
         f"Table 10: hyperparameters of the main bridge, one changed at a time (source_layer rows: the "
         f"source-layer sweep), seeds {study['sweep_seeds']}; n = evaluation rows scored.", unequal, dropped),
         "hyperparameters")
@@ -503,7 +503,7 @@ def table6_same_vs_cross(results_path, out_prefix, study: dict) -> None:
     """Same-model (A->A, B->B) against cross-model bridges."""
     stats, notes = _pair_table(read_results(results_path), study, study["same_model"]["tasks"], sweep=True)
     wide = stats.pivot_table(index=["kind", "pair"], columns="task", values="cell", aggfunc="first").fillna("–")
-    _write_table(wide.rename_axis(columns=None), out_prefix, _caption(
+    write_table(wide.rename_axis(columns=None), out_prefix, _caption(
         f"Table 6: same-model vs cross-model bridges ({study['bridges'][0]}), seeds {study['sweep_seeds']}; "
         "n = evaluation rows scored.", notes), "same_vs_cross")
 
@@ -523,7 +523,7 @@ def fig4_same_vs_cross(results_path, out_prefix, study: dict) -> None:
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy")
         ax.legend(fontsize=7)
-        _save_figure(fig, out_prefix, notes)
+        save_figure(fig, out_prefix, notes)
 
 
 def table8_bidirectional(results_path, out_prefix, study: dict) -> None:
@@ -535,7 +535,7 @@ def table8_bidirectional(results_path, out_prefix, study: dict) -> None:
     wide = stats.pivot_table(index="task", columns="pair", values="cell", aggfunc="first").fillna("–")
     seeds = "; ".join(f"{p['sender']} -> {p['receiver']}: {pair_seeds(study, p['sender'], p['receiver'])}"
                       for p in study["pairs"])
-    _write_table(wide.rename_axis(columns=None), out_prefix, _caption(
+    write_table(wide.rename_axis(columns=None), out_prefix, _caption(
         f"Table 8: both directions of the main bridge ({study['bridges'][0]}), seeds {seeds}; "
         "n = evaluation rows scored.", notes), "bidirectional",
         paired_notes(results_path, shown[shown.sender != shown.receiver]))
@@ -564,7 +564,7 @@ def fig2_bridge_vs_prompt_tuning(results_path, out_prefix, study: dict) -> None:
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy")
         ax.legend(fontsize=7)
-        _save_figure(fig, out_prefix, _caption(unequal_n_note(shown.assign(label=shown.apply(method_label, axis=1))),
+        save_figure(fig, out_prefix, _caption(unequal_n_note(shown.assign(label=shown.apply(method_label, axis=1))),
                                                dropped))
 
 
@@ -609,7 +609,7 @@ def table4_finetuning(results_path, out_prefix, study: dict) -> None:
     if "trainable parameters" in wide:
         wide["trainable parameters"] = wide["trainable parameters"].map(
             lambda v: "–" if pd.isna(v) else f"{int(v):,}")
-    _write_table(wide.fillna("–"), out_prefix, _caption(
+    write_table(wide.fillna("–"), out_prefix, _caption(
         f"Table 4: bridge vs fine-tuning the receiver reading the text, seeds {study['sweep_seeds']} (relays: "
         "mean over the k-shot seeds); n = evaluation rows scored; relays generate text with the sender first "
         "(relay s/example).", unequal_n_note(acc), dropped), "finetuning")
@@ -643,7 +643,7 @@ def table3_latency(results_path, out_prefix, study: dict) -> None:
         wide["speed-up vs text relay"] = [
             wide.loc[(task, "text_relay"), "latency_seconds"] / bridge[task] if method == "bridge" else 1.0
             for task, method in wide.index]
-    _write_table(wide.round(4).fillna("–"), out_prefix, "Table 3: end-to-end latency at batch 1 (median seconds "
+    write_table(wide.round(4).fillna("–"), out_prefix, "Table 3: end-to-end latency at batch 1 (median seconds "
                  "per stage), bridge vs text relay; generated_tokens: the relay's mean length "
                  "over the timed examples, relay_generated_tokens: over every eval row.", "latency")
 
@@ -663,7 +663,7 @@ def fig3_latency(results_path, out_prefix, study: dict) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("seconds per example, batch 1 (log)")
         ax.legend(fontsize=7)
-        _save_figure(fig, out_prefix)
+        save_figure(fig, out_prefix)
 
 
 def table5_throughput(results_path, out_prefix, study: dict) -> None:
@@ -674,7 +674,7 @@ def table5_throughput(results_path, out_prefix, study: dict) -> None:
         raise ValueError("table5_throughput: no throughput rows in the results")
     wide = rows.pivot_table(index=["task", "method"], columns="variant", values="value", aggfunc="mean")
     wide = wide.reindex(columns=sorted(wide.columns, key=lambda c: int("".join(filter(str.isdigit, c)) or 0)))
-    _write_table(wide.round(2).rename_axis(columns=None), out_prefix, "Table 5: throughput (samples/s) by batch size.",
+    write_table(wide.round(2).rename_axis(columns=None), out_prefix, "Table 5: throughput (samples/s) by batch size.",
                  "throughput")
 
 
@@ -733,7 +733,7 @@ def fig_bridge_vs_baselines(results_path, out_prefix, study: dict) -> None:
                                  else " (n differs by method)"))
             for y, (value, std, ns) in enumerate(zip(part["mean"], part["std"], part["n"])):
                 ax.text(value + std + 0.01, y, f"{value:.3f} ({_n_text(ns)})", va="center")
-        _save_figure(fig, out_prefix, _caption(unequal_n_note(summary), dropped))
+        save_figure(fig, out_prefix, _caption(unequal_n_note(summary), dropped))
 
 
 FIGURES = {

@@ -9,12 +9,14 @@ from interlingua.errors import InterlinguaError
 from interlingua.fingerprint import file_sha256, fingerprint
 from interlingua.sources import code_hash
 from interlingua import study as study_plan
+from interlingua.studies.kv_alignment import plan as kv_alignment_plan
 from interlingua.tasks import mirror_path, prompt_spec
 from interlingua.zoo import source_files
 
 
 try:
     VALID = validate_config(config, base_dir=workflow.basedir)
+    kv_alignment_plan.check(VALID)
 except InterlinguaError as error:
     raise WorkflowError(f"interlingua: {error}") from None
 config.update(VALID)

@@ -279,6 +279,14 @@ def load_corpus(corpus_dir: str | Path) -> PoolCorpus:
     return PoolCorpus(vocab, parts["train"], parts["heldout"], manifest["vocab"]["bos"], manifest)
 
 
+def source_streams(corpus_dir: str | Path, part: str) -> dict:
+    """corpus -> (n,) int64 SmolLM2 ids of one part (train or heldout): what a member on the full
+    vocabulary (SmolLM2 itself) reads; pool members map them with PoolVocab.to_pool."""
+    corpus_dir = Path(corpus_dir)
+    manifest = json.loads((corpus_dir / MANIFEST).read_text())
+    return {name: np.load(corpus_dir / f"{name}.{part}.npy").astype(np.int64) for name in manifest["corpora"]}
+
+
 def heldout_windows(stream: np.ndarray, seq_len: int, bos: int, max_tokens: int | None = None) -> torch.Tensor:
     """Consecutive non-overlapping windows [bos] + seq_len-1 tokens from the start of `stream`, at most
     `max_tokens` scored (non-bos) tokens; the tail that fills no window is dropped."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 
 from ...errors import ConfigError
+from .align import AlignConfig
 
 MEMBERS_DIR = "data/kv_alignment/members"
 SNAPSHOTS_DIR = "data/kv_alignment/snapshots"
@@ -92,7 +93,7 @@ def runs(config: dict) -> dict[str, dict]:
 
         def variant(name, train):
             merged = {**base, **train}
-            out[name] = (setting if merged == base else
+            out[name] = (setting if AlignConfig(**merged) == AlignConfig(**base) else
                          {"members": members, "train": merged, "seeds": [seeds[0]]})
 
         for name, translator in abl.get("translators", {}).items():
@@ -140,3 +141,48 @@ def figures(config: dict) -> list[str]:
     if abl.get("reconstruction_weight"):
         names.append("table2_reconstruction.md")
     return [f"{FIGURES_DIR}/{n}" for n in names]
+
+
+def check(config: dict) -> None:
+    """Reference and key checks of the kv_alignment section, before any job runs (ConfigError names the key)."""
+    from dataclasses import fields
+
+    from ...channels.kv.translators import translator_config
+    from .pretrain import PretrainConfig
+
+    if not enabled(config):
+        return
+    kv = section(config)
+    models = config.get("models", {})
+    if kv.get("tokenizer") not in models:
+        raise ConfigError(f"config key 'kv_alignment.tokenizer': unknown model '{kv.get('tokenizer')}' "
+                          f"(models: {sorted(models)})")
+    for name, member in kv["members"].items():
+        key = f"kv_alignment.members.{name}"
+        if "model" in member and member["model"] not in models:
+            raise ConfigError(f"config key '{key}.model': unknown model '{member['model']}' (models: {sorted(models)})")
+        if "pretrain" in member:
+            try:
+                PretrainConfig.from_dict(member["pretrain"]).check()
+            except (TypeError, ValueError, ConfigError) as error:
+                raise ConfigError(f"config key '{key}.pretrain': {error}") from None
+        parent = member.get("parent")
+        if parent is not None and "pretrain" not in kv["members"].get(parent, {}):
+            raise ConfigError(f"config key '{key}.parent': '{parent}' is not a pre-trained member")
+    known = {f.name for f in fields(AlignConfig)}
+    trains = {"kv_alignment.train": kv.get("train", {})}
+    trains.update({f"kv_alignment.ablations.translators.{n}": {"translator": t}
+                   for n, t in (kv.get("ablations") or {}).get("translators", {}).items()})
+    for key, train in trains.items():
+        unknown = sorted(set(train) - known)
+        if unknown:
+            raise ConfigError(f"config key '{key}': unknown key(s) {unknown} (known: {sorted(known)})")
+        try:
+            AlignConfig(**train)
+            translator_config(train.get("translator", AlignConfig().translator))
+        except ConfigError as error:
+            raise ConfigError(f"config key '{key}': {error}") from None
+    for setting, refs in kv.get("settings", {}).items():
+        for ref in refs:
+            member_dir(config, ref)
+    runs(config)
