@@ -226,7 +226,10 @@ def code_hash(command: str, root: Path = PACKAGE_DIR) -> str:
 
 # What builds the DAG: every DVC stage runs Snakemake, which imports these to plan its jobs.
 DAG_MODULES = ("config.py", "study.py", "sources.py", "fingerprint.py", "tasks.py", "zoo.py", "errors.py",
-               "schemas/config.schema.yaml")
+               "schemas/config.schema.yaml", "studies/__init__.py", "studies/kv_alignment/__init__.py",
+               "studies/kv_alignment/plan.py", "studies/kv_alignment/configs.py", "studies/kv_alignment/corpus.py",
+               "studies/kv_alignment/pretrain.py", "channels/__init__.py", "channels/kv/__init__.py",
+               "channels/kv/translators")
 
 
 def module_files(commands_: list[str], root: Path = PACKAGE_DIR) -> list[str]:

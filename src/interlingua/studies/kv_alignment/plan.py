@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 
 from ...errors import ConfigError
-from .align import AlignConfig
+from .configs import AlignConfig
 
 MEMBERS_DIR = "data/kv_alignment/members"
 SNAPSHOTS_DIR = "data/kv_alignment/snapshots"
