@@ -16,6 +16,7 @@ import yaml
 from conftest import REPO
 from interlingua import study
 from interlingua.config import load_config
+from interlingua.studies.kv_alignment import plan as kv_plan
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
@@ -50,6 +51,12 @@ def test_smoke_dag_writes_every_table_and_figure(smoke_run):
         assert (smoke_run / name).stat().st_size > 0, name
     results = pd.read_csv(smoke_run / "results/results.csv", keep_default_na=False)
     accuracy = results[results.metric == "accuracy"]
+    kv_figures = kv_plan.figures(config)
+    assert len(kv_figures) >= 9 and all((smoke_run / name).stat().st_size > 0 for name in kv_figures)
+    readme = (smoke_run / "figures/README.md").read_text()
+    assert all(Path(name).name in readme for name in kv_figures)
+    final = (smoke_run / "figures/kv_alignment/fig3_final.md").read_text()
+    assert "p < shuffled" in final and "(n=8)" in final and "checkpoints / small_s0 / small_s0_step15" in final
     assert set(accuracy.method) == {"random", "majority", "zero_shot", "few_shot", "prompt_tuning", "text_relay",
                                     "cot_relay", "bridge", "lora", "finetune_last1"}
     assert set(accuracy.variant) == {"", "2_shot", "shuffled_source", "zero_source"}
@@ -151,29 +158,43 @@ def test_new_timestamps_alone_rerun_nothing(smoke_run):
     """As after a `dvc pull`: every file gets a new timestamp, in an order unrelated to the pipeline
     (here: reports first, models last, so every input looks newer than its readers); contents unchanged."""
     for shared in ("figures", "results", "data/relay", "data/checkpoints", "data/activations", "data/tasks",
-                   "data/models"):
+                   "data/kv_alignment", "data/models"):
         for path in sorted((smoke_run / shared).rglob("*")):
             os.utime(path)
     assert planned_jobs(smoke_run, "figures", "--configfile", str(REPO / "config/smoke.yaml")) == set()
 
 
-def test_editing_a_bridge_reruns_bridge_training_and_reports_not_extraction(smoke_run, tmp_path):
-    """The jobs' `code` params: a changed function body in bridges/perceiver.py reruns what runs it."""
+def jobs_after_edit(smoke_run: Path, tmp_path: Path, module: str, old: str, new: str) -> set[str]:
+    """The jobs `snakemake -n figures` plans on the smoke run with a copy of the package where `module`
+    has `old` replaced by `new` (the jobs' `code` params see the edit)."""
     package = tmp_path / "src/interlingua"
     shutil.copytree(REPO / "src/interlingua", package, ignore=shutil.ignore_patterns("__pycache__"))
-    perceiver = package / "bridges/perceiver.py"
-    text = perceiver.read_text()
-    perceiver.write_text(text.replace("    def forward(self, states, mask):\n",
-                                      "    def forward(self, states, mask):\n        states = states + 0\n", 1))
-    assert perceiver.read_text() != text
+    path = package / module
+    text = path.read_text()
+    path.write_text(text.replace(old, new, 1))
+    assert path.read_text() != text, f"{module}: {old!r} not found"
     out = subprocess.run([*SNAKEMAKE, "--directory", str(smoke_run), "--cores", "2", "-n", "figures", "--configfile",
                           str(REPO / "config/smoke.yaml"), "--quiet", "rules"], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "src")}).stdout
-    jobs = {line.split()[0] for line in out.splitlines()
+    return {line.split()[0] for line in out.splitlines()
             if line and line.split()[0].isidentifier() and line.split()[-1].isdigit() and line.split()[0] != "total"}
+
+
+def test_editing_a_bridge_reruns_bridge_training_and_reports_not_extraction(smoke_run, tmp_path):
+    """The jobs' `code` params: a changed function body in bridges/perceiver.py reruns what runs it."""
+    jobs = jobs_after_edit(smoke_run, tmp_path, "bridges/perceiver.py", "    def forward(self, states, mask):\n",
+                           "    def forward(self, states, mask):\n        states = states + 0\n")
     assert {"train_bridge", "collect_results", "report", "measure_speed"} <= jobs
     assert not jobs & {"extract", "materialize_model", "materialize_task", "eval_zero_shot", "eval_few_shot",
-                       "generate_relay", "eval_relay", "train_prompt_tuning", "train_finetune", "eval_finetune"}
+                       "generate_relay", "eval_relay", "train_prompt_tuning", "train_finetune", "eval_finetune",
+                       "kv_pool_corpus", "kv_pretrain_member", "kv_align", "kv_report"}
+
+
+def test_editing_a_kv_translator_reruns_alignment_runs_not_the_pool_or_latentwire(smoke_run, tmp_path):
+    jobs = jobs_after_edit(smoke_run, tmp_path, "channels/kv/translators/cross_attention.py",
+                           "        return F.gelu(self.proj(self.norm(x)))", "        return F.gelu(self.proj(self.norm(x + 0)))")
+    assert {"kv_align", "kv_report"} <= jobs
+    assert not jobs & {"kv_pool_corpus", "kv_pretrain_member", "extract", "train_bridge", "materialize_model"}
 
 
 def test_bridge_hyperparameter_reruns_training_not_extraction(smoke_run, tmp_path):
