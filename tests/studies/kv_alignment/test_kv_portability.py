@@ -139,7 +139,10 @@ def test_soft_prompt_scoring_matches_the_models_own_forward(pool):
 def test_sampling_is_seeded_never_draws_the_oov_id_and_follows_the_model(pool):
     member = load_pool({"a": pool["a"]}, pool["tokenizer"], pool["bos"])["a"]
     prompts = torch.as_tensor(source_streams(pool["corpus"], "train")["tinystories"][:5])[None]  # (1, 5) SmolLM2 ids
-    draw = lambda seed, t=1.0: sample_completions(member, prompts, pool["bos"], 4, 6, t, torch.Generator().manual_seed(seed))
+
+    def draw(seed, temperature=1.0):
+        return sample_completions(member, prompts, pool["bos"], 4, 6, temperature, torch.Generator().manual_seed(seed))
+
     first, again = draw(0), draw(0)
     assert first.shape == (1, 4, 6) and torch.equal(first, again) and not torch.equal(first, draw(1))
     oov = int(member.to_model.max())
@@ -156,7 +159,8 @@ def test_sampling_is_seeded_never_draws_the_oov_id_and_follows_the_model(pool):
 def test_hidden_prompts_are_document_openings_and_too_few_documents_name_the_key():
     stream = np.array([5, 6, 7, 2, 8, 2, 9, 10, 11, 12, 2, 13, 14, 15])  # sep = 2; the second document is short
     np.testing.assert_array_equal(document_openings(stream, 2, 3), [[5, 6, 7], [9, 10, 11], [13, 14, 15]])
-    prompts, corpora = hidden_prompts({"x": stream, "y": np.where(stream == 2, 2, stream + 100)}, ["x", "y"], 3, 3, 2, "heldout_prompts")
+    other = np.where(stream == 2, 2, stream + 100)                       # the same documents, other ids
+    prompts, corpora = hidden_prompts({"x": stream, "y": other}, ["x", "y"], 3, 3, 2, "heldout_prompts")
     assert corpora == ["x", "y", "x"] and prompts[:, 0].tolist() == [5, 105, 13]
     with pytest.raises(DataError, match="heldout_prompts"):
         hidden_prompts({"x": stream}, ["x"], 4, 3, 2, "heldout_prompts")

@@ -126,7 +126,8 @@ def document_openings(stream: np.ndarray, sep: int, length: int) -> np.ndarray:
     return np.stack([stream[s:s + length] for s in starts]) if len(starts) else np.zeros((0, length), np.int64)
 
 
-def hidden_prompts(streams: dict, corpora: list, count: int, length: int, sep: int, key: str) -> tuple[torch.Tensor, list]:
+def hidden_prompts(streams: dict, corpora: list, count: int, length: int, sep: int,
+                   key: str) -> tuple[torch.Tensor, list]:
     """(count, length) SmolLM2 ids and their corpus names: document openings evenly spaced over each corpus's
     documents, ceil(count / corpora) per corpus, interleaved (corpus 0, 1, 0, 1, ...), then cut to count."""
     per = -(-count // len(corpora))
