@@ -253,6 +253,19 @@ def cmd_kv_align(args):
                     device=device, run_key=args.plan))
 
 
+def cmd_kv_portability(args):
+    from .studies.kv_alignment.portability import portability_job
+    _, device, _ = _runtime(args)
+    members = {}
+    for item in args.members:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise InterlinguaError(f"kv-portability takes members as NAME=DIR, got {item!r}")
+        members[name] = path
+    print(portability_job(members, args.corpus, args.tokenizer_dir, args.translator, args.config, args.seed,
+                          args.out, device=device))
+
+
 def cmd_kv_report(args):
     from .studies.kv_alignment.report import write_all
     spec, _, _ = _runtime(args)
@@ -406,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
             ("--seed", {"type": int, "default": 0}), ("--corpus", req), ("--tokenizer-dir", req), ("--out", req),
             ("--start-from", {"help": "a translator.pt whose adapters are kept (extensibility)"}),
             ("members", {"nargs": "+", "metavar": "NAME=DIR"}))
+    command("kv-portability", cmd_kv_portability,
+            "study 2, Figure 5: soft prompts tuned on A, ported A -> S -> B, against B's random and tuned prompts",
+            ("--config", {"help": "JSON, YAML or a file of PortabilityConfig keys (source, target, sampler, ...)"}),
+            ("--translator", {"required": True, "help": "a kv-align translator.pt whose members include A and B"}),
+            ("--seed", {"type": int, "default": 0}), ("--corpus", req), ("--tokenizer-dir", req), ("--out", req),
+            ("members", {"nargs": "+", "metavar": "NAME=DIR",
+                         "help": "A, B (and the sampler), named as in the kv-align run; A and B default to the first two"}))
     command("kv-report", cmd_kv_report, "study 2: every table and figure from the runs and members",
             ("--out-dir", {"default": "figures/kv_alignment"}))
     command("collect", cmd_collect, "concatenate tidy result CSVs", ("--out", req),
