@@ -30,7 +30,7 @@ STAGE_COMMANDS = {
     "evaluate": ["eval-random", "eval-majority", "eval-zero-shot", "eval-few-shot", "generate-relay", "eval-relay", "eval-finetune",
                  "measure-latency", "measure-throughput", "collect"],
     "figures": ["report", "figures-readme", "soft-token-neighbours"],
-    "kv_alignment": ["pool-corpus", "pool-pretrain", "kv-align", "kv-report"],
+    "kv_alignment": ["pool-corpus", "pool-pretrain", "kv-align", "kv-portability", "kv-report"],
 }
 
 

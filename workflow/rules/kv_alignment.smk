@@ -144,17 +144,65 @@ rule kv_align:
         "--tokenizer-dir {input.tokenizer} --out {output} {params.start} {params.members} > {log} 2>&1"
 
 
+def kv_portability_request():
+    job = kv_plan.portability(config)
+    return {"job": job, "code": code("kv-portability"), "members": {n: kv_ref_request(r) for n, r in job["members"].items()},
+            "translator": kv_run_request(job["translator_run"], job["seed"]), "corpus": kv_corpus_request()}
+
+
+def kv_portability_inputs(w):
+    job = kv_plan.portability(config)
+    inputs = {n: kv_ref_input(r) for n, r in job["members"].items()}
+    inputs["corpus"] = unless_rerun("data/kv_alignment/corpus", spec(request=kv_corpus_request()))
+    inputs["tokenizer"] = model_input(KV["tokenizer"])
+    run_dir = f"{kv_plan.RUNS_DIR}/{job['translator_run']}/seed{job['seed']}"
+    inputs["run"] = unless_rerun(run_dir, spec(request=kv_run_request(job["translator_run"], job["seed"])))
+    return inputs
+
+
+rule kv_portability:
+    """Figure 5: soft prompts tuned on member A, ported A -> S -> B, scored by B on held-out completions,
+    with the adapters as trained and after meta-training them on the meta-train prompts."""
+    input:
+        unpack(kv_portability_inputs),
+    output:
+        directory(kv_plan.PORTABILITY_DIR),
+    params:
+        spec=lambda w: spec(request=kv_portability_request()),
+        config=lambda w: json.dumps(kv_plan.portability(config)["config"]),
+        seed=lambda w: kv_plan.portability(config)["seed"],
+        members=lambda w: " ".join(f"{n}={kv_plan.member_dir(config, r)}"
+                                   for n, r in kv_plan.portability(config)["members"].items()),
+    threads: 1
+    log:
+        "logs/kv_alignment/portability.log",
+    benchmark:
+        "results/benchmarks/kv_portability.tsv"
+    shell:
+        "{CLI} kv-portability --threads {threads} --config {params.config:q} --translator {input.run}/translator.pt "
+        "--seed {params.seed} --corpus {input.corpus} --tokenizer-dir {input.tokenizer} --out {output} "
+        "{params.members} > {log} 2>&1"
+
+
+def kv_report_inputs(w):
+    inputs = {"runs": [unless_rerun(d, spec(request=kv_run_request(d.split("/")[-2], d.split("seed")[-1])))
+                       for d in kv_plan.run_dirs(config)],
+              "members": [kv_ref_input(n) for n in kv_plan.pretrained_members(config)]}
+    if kv_plan.portability(config):
+        inputs["portability"] = unless_rerun(kv_plan.PORTABILITY_DIR, spec(request=kv_portability_request()))
+    return inputs
+
+
 rule kv_report:
     """Every table and figure of the K-V alignment study from its runs and members."""
     input:
-        runs=lambda w: [unless_rerun(d, spec(request=kv_run_request(d.split("/")[-2], d.split("seed")[-1])))
-                        for d in kv_plan.run_dirs(config)],
-        members=lambda w: [kv_ref_input(n) for n in kv_plan.pretrained_members(config)],
+        unpack(kv_report_inputs),
     output:
         kv_plan.figures(config),
     params:
         spec=lambda w: spec(kv_alignment=KV),
         code=code("kv-report"),
+        runs=lambda w: [kv_run_request(d.split("/")[-2], d.split("seed")[-1]) for d in kv_plan.run_dirs(config)],
     log:
         "logs/kv_alignment/report.log",
     shell:

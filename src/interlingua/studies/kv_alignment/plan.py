@@ -125,6 +125,29 @@ def run_dirs(config: dict) -> list[str]:
     return sorted(set(dirs))
 
 
+def portability(config: dict) -> dict | None:
+    """Figure 5's job: {members: {name: ref}, translator_run, seed, config} (None when not asked for)."""
+    port = section(config).get("portability")
+    if not port or not enabled(config):
+        return None
+    run = f"pool_{port['setting']}"
+    plans = runs(config)
+    if run not in plans:
+        raise ConfigError(f"kv_alignment.portability.setting '{port['setting']}' is not a setting")
+    names = [port["source"], port["target"]] + ([port["sampler"]] if port.get("sampler") else [])
+    members = plans[run]["members"]
+    missing = [n for n in names if n not in members]
+    if missing:
+        raise ConfigError(f"kv_alignment.portability: {missing} not in setting '{port['setting']}' ({sorted(members)})")
+    settings = {"source": port["source"], "target": port["target"], "sampler": port.get("sampler", ""),
+                **port.get("config", {})}
+    return {"members": {n: members[n] for n in dict.fromkeys(names)}, "translator_run": run,
+            "seed": plans[run]["seeds"][0], "config": settings}
+
+
+PORTABILITY_DIR = f"{RUNS_DIR}/portability"
+
+
 def figures(config: dict) -> list[str]:
     """The study's tables and figures (under figures/kv_alignment/)."""
     if not enabled(config):
@@ -133,6 +156,8 @@ def figures(config: dict) -> list[str]:
     names = [f"fig3_{s}.png" for s in kv.get("settings", {})] + ["fig3_final.md", "members.md"]
     if kv.get("extensibility"):
         names.append("fig4_extensibility.md")
+    if kv.get("portability"):
+        names += ["fig5_portability.png", "fig5_portability.md"]
     abl = kv.get("ablations") or {}
     if abl.get("translators"):
         names.append("table1_translators.md")
@@ -186,3 +211,10 @@ def check(config: dict) -> None:
         for ref in refs:
             member_dir(config, ref)
     runs(config)
+    job = portability(config)
+    if job:
+        from .portability import PortabilityConfig
+        try:
+            PortabilityConfig.from_settings(job["config"])
+        except (TypeError, ConfigError) as error:
+            raise ConfigError(f"config key 'kv_alignment.portability.config': {error}") from None

@@ -160,6 +160,50 @@ def fig4_extensibility(config: dict, out_dir: Path) -> Path:
     return out.with_suffix(".md")
 
 
+PORT_LABELS = {"no_prompt": "no prompt", "random_B": "random soft prompt on B (lower bound)",
+               "ported_pretrained": "ported A -> S -> B (suffix-LM adapters)",
+               "ported_meta": "ported A -> S -> B (meta-trained adapters)",
+               "tuned_B": "tuned on B (upper bound)"}
+
+
+def fig5_portability(config: dict, out_dir: Path) -> list[Path]:
+    """Held-out prompts: B's NLL of held-out completions after each module; gap closed and paired tests."""
+    run = Path(plan.PORTABILITY_DIR)
+    scores = pd.read_csv(run / "scores.csv")
+    summary = json.loads((run / "summary.json").read_text())
+    held = scores[(scores.split == "heldout") & scores.condition.isin(PORT_LABELS)]
+    a, b = summary.get("source", "A"), summary.get("target", "B")
+    stats = held.groupby("condition").agg(nll=("nll", "mean"), std=("nll", "std"), prompts=("prompt", "nunique"),
+                                          tokens=("n_tokens", "sum")).reindex(list(PORT_LABELS))
+    entry = summary["splits"]["heldout"]
+    rows = []
+    for cond, label in PORT_LABELS.items():
+        row = {"module": label, "NLL": f"{stats.loc[cond, 'nll']:.3f} ± {stats.loc[cond, 'std']:.3f}",
+               "n": f"{int(stats.loc[cond, 'prompts'])} prompts, {int(stats.loc[cond, 'tokens'])} tokens"}
+        if cond in ("ported_pretrained", "ported_meta"):
+            e = entry[cond]
+            row["gap closed (random -> tuned)"] = "n/a" if e["gap_closed"] is None else f"{e['gap_closed']:.2f}"
+            row["p < random"] = f"{e['p_below_random_B']:.2g}"
+            row["gap closed (no prompt -> tuned)"] = ("n/a" if e["gap_closed_vs_no_prompt"] is None
+                                                     else f"{e['gap_closed_vs_no_prompt']:.2f}")
+            row["p < no prompt"] = f"{e['p_below_no_prompt']:.2g}"
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("module").fillna("")
+    out = out_dir / "fig5_portability"
+    write_table(table, out, f"Figure 5, module portability ({a} -> S -> {b}), held-out prompts: B's mean NLL of "
+                "held-out completions after each soft-prompt module (mean ± std over prompts). Gap closed = "
+                "(lower bound - ported) / (lower bound - tuned on B); a random soft prompt can be worse than none, so "
+                "the gap from no prompt is beside it. Paired one-sided Wilcoxon tests over prompts.", "kv_fig5")
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5, 2.8))
+        ax.barh([PORT_LABELS[c] for c in stats.index][::-1], stats.nll.values[::-1], xerr=stats["std"].values[::-1],
+                color=["tab:green", "tab:blue", "tab:cyan", "tab:grey", "tab:red"][::-1])
+        ax.set_xlim(stats.nll.min() - 0.3, stats.nll.max() + 0.2)
+        ax.set_xlabel(f"{b}'s held-out completion NLL (nats/token)")
+        save_figure(fig, out, note=f"{int(stats.prompts.max())} held-out prompts; bars: mean ± std over prompts.")
+    return [out.with_suffix(".png"), out.with_suffix(".md")]
+
+
 def _cross_summary(config: dict, run: str) -> dict:
     curves, scores, summary = run_data(config, run)
     last = curves[curves.step == curves.step.max()]
@@ -223,6 +267,8 @@ def write_all(config: dict, out_dir: str | Path) -> list[Path]:
     written += [fig3_final(config, out_dir), members_table(config, out_dir)]
     if kv.get("extensibility"):
         written.append(fig4_extensibility(config, out_dir))
+    if kv.get("portability"):
+        written += fig5_portability(config, out_dir)
     abl = kv.get("ablations") or {}
     if abl.get("translators"):
         written.append(table1_translators(config, out_dir))
