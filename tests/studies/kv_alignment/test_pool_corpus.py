@@ -100,3 +100,14 @@ def test_windows_start_with_bos_and_follow_the_stream():
                            torch.Generator().manual_seed(0))
     assert batch[:, 0].eq(0).all() and batch[:, 1:].ge(100).all() and batch[:, 1:].lt(130).all()
     assert (batch[:, 2:] - batch[:, 1:-1]).eq(1).all()                       # contiguous stream slices
+
+
+def test_settings_longer_than_a_file_name_are_read_as_json():
+    from interlingua.studies.kv_alignment.corpus import read_settings
+    from interlingua.studies.kv_alignment.pretrain import PretrainConfig
+
+    long = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64, "seq_len": 48, "batch": 8,
+            "steps": 10, "warmup": 2, "eval_every": 15, "eval_tokens": 512, "checkpoint_every": 10, "snapshots": [],
+            "lr": 0.003, "min_lr": 0.0003, "mix": {"wikitext": 1.0}}
+    import json
+    assert read_settings(json.dumps(long), PretrainConfig) == long  # > 255 characters: no stat() of it

@@ -52,7 +52,8 @@ class CorpusConfig:
 def read_settings(source, cls) -> dict:
     """The keys of dataclass `cls` from a dict, a JSON/YAML string or a .json/.yaml file; unknown keys fail."""
     if not isinstance(source, dict):
-        text = Path(source).read_text() if Path(source).is_file() else source
+        inline = str(source).lstrip().startswith(("{", "[")) or "\n" in str(source)
+        text = source if inline or not Path(source).is_file() else Path(source).read_text()
         try:
             source = yaml.safe_load(text)  # YAML is a superset of JSON
         except yaml.YAMLError as exc:
