@@ -1,14 +1,15 @@
 """Training a shared K-V space for a pool, and scoring every path with its controls (Dery et al. 2.2-2.3).
 
 A window of SmolLM2 token ids [bos] + prefix (P) + suffix (S) is read by every member in its own ids.
-The source caches the prefix (frozen, no grad); the channel (channels/kv/transfer.py) makes it the target's
-cache: the target's own sink, then positions 1..P translated through S. The loss is the target's NLL of the
-suffix after that cache (the first suffix token is read, the rest scored), plus an optional reconstruction
+The source caches [bos] + the first P-1 prefix tokens (frozen, no grad); the channel (channels/kv/transfer.py)
+makes it the target's cache: the target's own sink, then positions 1..P-1 translated through S. The target
+then reads the last prefix token itself (a cache holds no hidden state to predict from) and is scored on all
+S suffix tokens, the first included (the one the prefix informs most). The loss is that NLL, plus an optional reconstruction
 term (MSE against the target's own cache of the prefix, per layer over its variance). Each step samples
 `paths_per_step` (source, target) paths from the allowed ones, self-cycles included.
 
 Scored conditions, per target and evaluation window (one row each, so conditions are paired by window):
-  none       the target's sink alone, then the suffix (no prefix)
+  none       the target's sink alone, then the last prefix token and the suffix (no cached prefix)
   own        the target's own cache of the prefix (what translation aims at)
   matched    the prefix translated from a source (source == target: the cycle m -> S -> m)
   shuffled   another window's prefix translated from the same source (runtime.derangement)
@@ -54,11 +55,13 @@ class Member:
         return windows if self.to_model is None else self.to_model[windows]
 
     def prefix_cache(self, windows: torch.Tensor, prefix_tokens: int) -> KVBlock:
+        """The cache of [bos] + the first P-1 prefix tokens (what the channel carries)."""
         with torch.no_grad():
-            return kv_of(self.model, self.ids(windows[:, :1 + prefix_tokens]).tolist())
+            return kv_of(self.model, self.ids(windows[:, :prefix_tokens]).tolist())
 
     def suffix(self, windows: torch.Tensor, prefix_tokens: int) -> list[list[int]]:
-        return self.ids(windows[:, 1 + prefix_tokens:]).tolist()
+        """The last prefix token (read by the target itself) and the S suffix tokens (all scored)."""
+        return self.ids(windows[:, prefix_tokens:]).tolist()
 
 
 def all_paths(names: list[str]) -> list[tuple[str, str]]:

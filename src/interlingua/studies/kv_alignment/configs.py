@@ -12,8 +12,8 @@ class AlignConfig:
     translator: dict = field(default_factory=lambda: {"type": "cross_attention"})  # translators.translator_config
     steps: int = 300               # optimizer steps (0 for identity and ridge: nothing is trained)
     batch: int = 8                 # windows per path per step
-    prefix_tokens: int = 32        # P: positions after the sink that the source reads and the channel carries
-    suffix_tokens: int = 32        # S: the target continues with these (the first is read, S-1 scored)
+    prefix_tokens: int = 32        # P: the channel carries the first P-1 (after the sink); the target reads the last
+    suffix_tokens: int = 16        # S: scored tokens after the prefix (the first one included)
     lr: float = 1e-3
     warmup: int = 20
     weight_decay: float = 0.0
@@ -27,9 +27,9 @@ class AlignConfig:
     mix: dict = field(default_factory=lambda: {"tinystories": 1.0, "wikitext": 1.0})  # corpus -> probability
 
     def __post_init__(self):
-        if self.paths_per_step < 1 or self.batch < 2 or self.suffix_tokens < 2 or self.prefix_tokens < 1:
-            raise ConfigError(f"kv_alignment train: need paths_per_step >= 1, batch >= 2, suffix_tokens >= 2 and "
-                              f"prefix_tokens >= 1, got {asdict(self)}")
+        if self.paths_per_step < 1 or self.batch < 2 or self.suffix_tokens < 1 or self.prefix_tokens < 2:
+            raise ConfigError(f"kv_alignment train: need paths_per_step >= 1, batch >= 2, suffix_tokens >= 1 and "
+                              f"prefix_tokens >= 2, got {asdict(self)}")
 
     @property
     def window(self) -> int:
