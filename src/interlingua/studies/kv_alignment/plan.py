@@ -155,7 +155,7 @@ def figures(config: dict) -> list[str]:
     kv = section(config)
     names = [f"fig3_{s}.png" for s in kv.get("settings", {})] + ["fig3_final.md", "members.md"]
     if kv.get("extensibility"):
-        names.append("fig4_extensibility.md")
+        names += ["fig4_extensibility.png", "fig4_extensibility.md"]
     if kv.get("portability"):
         names += ["fig5_portability.png", "fig5_portability.md"]
     abl = kv.get("ablations") or {}

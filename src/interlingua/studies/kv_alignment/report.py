@@ -153,11 +153,31 @@ def fig4_extensibility(config: dict, out_dir: Path) -> Path:
     table["paths"] = ["trained" if (s.split(" ")[0], t) in trained else "never trained"
                       for t, s in zip(table.target, table.source)]
     out = out_dir / "fig4_extensibility"
+    last = curves[curves.step == curves.step.max()]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5, 2.8))
+        labels, rows = [], []
+        for t, src in zip(table.target, table.source):
+            s = src.split(" ")[0]
+            def pick(cond, source, target=t):
+                return last[(last.source == source) & (last.target == target) & (last.condition == cond)].nll.mean()
+            labels.append(f"{s} -> {t}" + (" *" if (s, t) not in trained else ""))
+            rows.append((pick("matched", s), pick("shuffled", s), pick("none", t)))
+        y = range(len(labels))
+        ax.barh([i + 0.25 for i in y], [r[0] for r in rows], height=0.25, label="translated prefix")
+        ax.barh(list(y), [r[1] for r in rows], height=0.25, label="shuffled prefix")
+        ax.barh([i - 0.25 for i in y], [r[2] for r in rows], height=0.25, label="no prefix")
+        ax.set_yticks(list(y), labels)
+        values = [v for r in rows for v in r]
+        ax.set_xlim(min(values) - 0.1, max(values) + 0.05)
+        ax.set_xlabel("target's held-out suffix NLL")
+        ax.legend(fontsize=6)
+        save_figure(fig, out, note=f"* = path never trained on (zero-shot). n={int(last.n.max())} held-out windows.")
     write_table(table.set_index(["paths", "target", "source"]).sort_index(), out,
                 f"Figure 4, extensibility: member '{new}' added to pool '{ext['setting']}' by training only its two "
                 f"adapters on paths with {', '.join(ext['with'])} (everything else frozen); paths never trained on "
                 "are scored zero-shot.", "kv_fig4")
-    return out.with_suffix(".md")
+    return [out.with_suffix(".png"), out.with_suffix(".md")]
 
 
 PORT_LABELS = {"no_prompt": "no prompt", "random_B": "random soft prompt on B (lower bound)",
@@ -266,7 +286,7 @@ def write_all(config: dict, out_dir: str | Path) -> list[Path]:
     written = [fig3_setting(config, s, out_dir) for s in kv.get("settings", {})]
     written += [fig3_final(config, out_dir), members_table(config, out_dir)]
     if kv.get("extensibility"):
-        written.append(fig4_extensibility(config, out_dir))
+        written += fig4_extensibility(config, out_dir)
     if kv.get("portability"):
         written += fig5_portability(config, out_dir)
     abl = kv.get("ablations") or {}
