@@ -5,12 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import write_mirror
 from interlingua.errors import ConfigError
 from interlingua.studies.kv_alignment import plan
 from interlingua.studies.kv_alignment.corpus import CorpusConfig, prepare_corpus
 from interlingua.studies.kv_alignment.pretrain import pretrain
 from interlingua.studies.kv_alignment.run import align_job
+
+from .mirror import write_mirror
 
 MEMBER = {"hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64, "seq_len": 48, "batch": 16,
           "steps": 300, "warmup": 10, "lr": 1e-2, "min_lr": 1e-3, "eval_every": 300, "eval_tokens": 600,
