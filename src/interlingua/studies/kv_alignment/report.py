@@ -91,7 +91,8 @@ def fig3_setting(config: dict, setting: str, out_dir: Path) -> Path:
                                 alpha=0.15)
             for cond, color in (("none", "grey"), ("own", "black"), ("zero", "tab:red")):
                 level = mean[(mean.condition == cond) & (mean.source == tgt)]["mean"].mean()
-                ax.axhline(level, color=color, lw=0.8, ls="-.", label=f"{cond} prefix" if cond != "own" else "own cache")
+                ax.axhline(level, color=color, lw=0.8, ls="-.",
+                           label={"none": "no prefix", "own": "own cache", "zero": "zero cache"}[cond])
             ax.set_title(f"target {tgt}")
             ax.set_xlabel("translator step")
             ax.set_ylabel("held-out suffix NLL (nats/token)")
