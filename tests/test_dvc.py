@@ -29,8 +29,8 @@ STAGE_COMMANDS = {
     "train": ["train-bridge", "train-prompt-tuning", "train-finetune"],
     "evaluate": ["eval-random", "eval-majority", "eval-zero-shot", "eval-few-shot", "generate-relay", "eval-relay", "eval-finetune",
                  "measure-latency", "measure-throughput", "collect"],
-    "figures": ["report", "figures-readme", "soft-token-neighbours"],
-    "kv_alignment": ["pool-corpus", "pool-pretrain", "kv-align", "kv-portability", "kv-report"],
+    "figures": ["report", "figures-readme", "soft-token-neighbours", "kv-report"],
+    "kv_alignment": ["pool-corpus", "pool-pretrain", "kv-align", "kv-portability"],
 }
 
 

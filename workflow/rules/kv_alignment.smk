@@ -86,6 +86,7 @@ rule kv_pool_corpus:
         directory("data/kv_alignment/corpus"),
     params:
         spec=lambda w: spec(request=kv_corpus_request()),
+        code=code("pool-corpus"),  # also inside the request
         corpus=lambda w: json.dumps(KV.get("corpus", {})),
         datasets=config["paths"]["datasets"],
     log:
@@ -107,6 +108,7 @@ rule kv_pretrain_member:
         snapshots=directory(f"{kv_plan.SNAPSHOTS_DIR}/{{member}}"),
     params:
         spec=lambda w: spec(request=kv_member_request(w.member)),
+        code=code("pool-pretrain"),  # also inside the request
         config=lambda w: json.dumps(KV["members"][w.member]["pretrain"]),
         parent=lambda w, input: f"--parent {input.parent}" if "parent" in input.keys() else "",
         snapshots=kv_snapshot_args,
@@ -130,6 +132,7 @@ rule kv_align:
         directory(f"{kv_plan.RUNS_DIR}/{{run}}/seed{{seed}}"),
     params:
         spec=lambda w: spec(request=kv_run_request(w.run, w.seed)),
+        code=code("kv-align"),  # also inside the request
         plan=lambda w: json.dumps(kv_plan.resolve(config, w.run)[1]),
         members=lambda w: " ".join(f"{n}={kv_plan.member_dir(config, r)}"
                                    for n, r in kv_plan.resolve(config, w.run)[1]["members"].items()),
@@ -169,6 +172,7 @@ rule kv_portability:
         directory(kv_plan.PORTABILITY_DIR),
     params:
         spec=lambda w: spec(request=kv_portability_request()),
+        code=code("kv-portability"),  # also inside the request
         config=lambda w: json.dumps(kv_plan.portability(config)["config"]),
         seed=lambda w: kv_plan.portability(config)["seed"],
         members=lambda w: " ".join(f"{n}={kv_plan.member_dir(config, r)}"
@@ -207,6 +211,14 @@ rule kv_report:
         "logs/kv_alignment/report.log",
     shell:
         "{CLI} kv-report --spec {params.spec:q} --out-dir {kv_plan.FIGURES_DIR} > {log} 2>&1"
+
+
+rule kv_alignment_runs:
+    """Every trained member, translator run and the portability job (what DVC's kv_alignment stage caches;
+    the report belongs to the figures stage)."""
+    input:
+        kv_plan.run_dirs(config),
+        [kv_plan.PORTABILITY_DIR] if kv_plan.portability(config) else [],
 
 
 rule figures_kv_alignment:
