@@ -230,6 +230,8 @@ def test_bad_data_stops_before_models_are_built(tmp_path):
     # the smoke study's other task gets its real file, so sst2's bad row is the only error
     (tmp_path / "mirror/piqa").mkdir()
     shutil.copy(REPO / "../shared/datasets/piqa/validation.jsonl", tmp_path / "mirror/piqa/validation.jsonl")
+    for corpus in ("tinystories_excerpt", "wikitext103_v1"):  # study 2's corpora, unchanged
+        (tmp_path / "mirror" / corpus).symlink_to((REPO / "../shared/datasets" / corpus).resolve())
     result = subprocess.run(
         [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", "figures", "--configfile",
          str(REPO / "config/smoke.yaml")], capture_output=True, text=True,

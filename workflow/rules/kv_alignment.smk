@@ -13,6 +13,9 @@ def kv_corpus_files():
 
 
 def kv_corpus_request():
+    missing = [f for f in kv_corpus_files() if not Path(f).is_file()]
+    if missing:
+        raise WorkflowError(f"interlingua: kv_alignment corpus file(s) missing from the datasets mirror: {missing}")
     return {"corpus": KV.get("corpus", {}), "tokenizer": model_request(KV["tokenizer"]), "code": code("pool-corpus"),
             "files": {f: file_sha256(f) for f in kv_corpus_files()}}
 
