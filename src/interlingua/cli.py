@@ -237,16 +237,22 @@ def cmd_pool_pretrain(args):
                    snapshot_dirs=snapshots, resume_dir=args.resume_dir))
 
 
+def _members(items: list[str], command: str) -> dict[str, str]:
+    """NAME=DIR arguments as {name: dir}."""
+    members = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise InterlinguaError(f"{command} takes members as NAME=DIR, got {item!r}")
+        members[name] = path
+    return members
+
+
 def cmd_kv_align(args):
     from .studies.kv_alignment.run import align_job
     spec, device, _ = _runtime(args)
     plan = json.loads(args.plan)
-    members = {}
-    for item in args.members:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise InterlinguaError(f"kv-align takes members as NAME=DIR, got {item!r}")
-        members[name] = path
+    members = _members(args.members, "kv-align")
     paths = [tuple(p) for p in plan["paths"]] if plan.get("paths") else None
     print(align_job(members, args.corpus, args.tokenizer_dir, plan["train"], args.seed, args.out,
                     train_members=plan.get("train_members"), paths=paths, start_from=args.start_from,
@@ -256,12 +262,7 @@ def cmd_kv_align(args):
 def cmd_kv_portability(args):
     from .studies.kv_alignment.portability import portability_job
     _, device, _ = _runtime(args)
-    members = {}
-    for item in args.members:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise InterlinguaError(f"kv-portability takes members as NAME=DIR, got {item!r}")
-        members[name] = path
+    members = _members(args.members, "kv-portability")
     print(portability_job(members, args.corpus, args.tokenizer_dir, args.translator, args.config, args.seed,
                           args.out, device=device))
 
