@@ -2,6 +2,7 @@
 #   snakemake --cores all figures                          default study (params.yaml): every study's figures
 #   snakemake --cores all figures_latentwire               the LatentWire study alone
 #   snakemake --cores all figures_kv_alignment             the K-V cache alignment study alone
+#   snakemake --cores all figures_dense_kv                 the dense heterogeneous KV transfer study alone
 #   snakemake --cores all figures --configfile config/smoke.yaml   tiny models, minutes
 from pathlib import Path
 
@@ -23,6 +24,7 @@ include: "workflow/rules/baselines.smk"
 include: "workflow/rules/speed.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/kv_alignment.smk"
+include: "workflow/rules/dense_kv.smk"
 include: "workflow/rules/targets.smk"
 
 

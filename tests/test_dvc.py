@@ -29,8 +29,9 @@ STAGE_COMMANDS = {
     "train": ["train-bridge", "train-prompt-tuning", "train-finetune"],
     "evaluate": ["eval-random", "eval-majority", "eval-zero-shot", "eval-few-shot", "generate-relay", "eval-relay", "eval-finetune",
                  "measure-latency", "measure-throughput", "collect"],
-    "figures": ["report", "figures-readme", "soft-token-neighbours", "kv-report"],
+    "figures": ["report", "figures-readme", "soft-token-neighbours", "kv-report", "dense-report"],
     "kv_alignment": ["pool-corpus", "pool-pretrain", "kv-align", "kv-portability"],
+    "dense_kv": ["extract", "dense-train", "dense-evaluate"],
 }
 
 
@@ -56,6 +57,8 @@ def make_project(path: Path) -> None:
     # Sharing is about the activations: one task and direction is enough (the smoke DAG test runs the rest).
     smoke["study"] = {"tasks": ["sst2"], "pairs": smoke["study"]["pairs"][:1], "bridges": ["perceiver"],
                       "seeds": [0], "speed": {"tasks": ["sst2"]}}
+    # Study 3 on the same one task (its out-of-domain task would materialize splits no other stage owns).
+    smoke["dense_kv"] = dict(smoke["dense_kv"], tasks=["sst2"], ood=[])
     smoke.setdefault("paths", {})["datasets"] = str((REPO / "../shared/datasets").resolve())
     (path / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
 

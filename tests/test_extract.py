@@ -27,6 +27,8 @@ def test_store_matches_model_config_and_hf_hidden_states(tiny_models, sst2_like_
         text = rows[store.example_index[r]]["text"]
         ids = tokenizer(f"Review: {text}")["input_ids"]
         assert store.row_tokens(r).tolist() == ids
+        spans = store.row_spans(r)   # each token's characters in the prompt string, for token alignment
+        assert len(spans) == len(ids) and "".join(f"Review: {text}"[a:b] for a, b in spans) == f"Review: {text}"
         assert store.labels[r] == rows[store.example_index[r]]["label"]
         reference = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
         for layer in (0, 2):  # hidden_states[l] = output of block l; the last entry is post-norm
@@ -140,7 +142,7 @@ def test_killed_extraction_resumes_to_an_identical_store(tiny_models, sst2_like_
     assert not (tmp_path / "killed.zarr").exists()
     subprocess.run(command(tmp_path / "killed.zarr"), check=True, capture_output=True)
     full, resumed = ActivationStore(tmp_path / "full.zarr"), ActivationStore(tmp_path / "killed.zarr")
-    for key in ("token_ids", "hidden/layer_1", "hidden/layer_3", "offsets", "labels", "example_index"):
+    for key in ("token_ids", "char_spans", "hidden/layer_1", "hidden/layer_3", "offsets", "labels", "example_index"):
         assert np.array_equal(full.group[key][:], resumed.group[key][:]), key
     assert full.manifest["checksums"] == resumed.manifest["checksums"]
 

@@ -338,3 +338,36 @@ def test_suffix_nll_refuses_mismatched_rows_and_one_token_suffixes():
             receiver.suffix_nll(block, [[1, 2], [3, 4], [5, 6]])
         with pytest.raises(DataError, match=">= 2 tokens"):
             receiver.suffix_nll(block, [[1, 2], [3]])
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+@pytest.mark.parametrize("verbalizers", [[" a", " b"], [" alpha", " also"]], ids=["first-token", "sequence"])
+def test_prompts_of_different_lengths_after_a_block_score_like_one_forward(kind, verbalizers):
+    """Study 3's context-aware prompts: each row reads its own prompt (right-padded) after its own cache; class
+    scores, the label loss and target log-probs equal one plain forward per row."""
+    from interlingua.channels.kv.cache import kv_of
+
+    base = kv_receiver(kind)
+    receiver = Receiver(base.model, base.tokenizer, verbalizers)
+    model = receiver.model
+    vocab = model.config.vocab_size
+    prefixes, prompts = ragged_ids(vocab, PREFIX_LENGTHS, 3), ragged_ids(vocab, [2, 5, 3], 4)
+    longest = max(len(p) for p in prompts)
+    padded = torch.tensor([p + [0] * (longest - len(p)) for p in prompts])
+    mask = torch.tensor([[1] * len(p) + [0] * (longest - len(p)) for p in prompts])
+    with torch.no_grad():
+        block = kv_of(model, prefixes)
+        prompt = Prompt(receiver.embed(padded), mask, block)
+        scores = receiver.class_scores(prompt)                                       # (3, 2)
+        loss = receiver.label_loss(prompt, torch.tensor([0, 1, 1]))
+        for row, (prefix, tail) in enumerate(zip(prefixes, prompts)):
+            context = prefix + tail[:-1]                                             # then tail[-1] is read
+            if receiver.first_token_scoring:   # first-token logits: equal to the log-probs up to one shift
+                alone = torch.stack([reference_logprobs(model, context, tail[-1:] + ids[:1]).sum()
+                                     for ids in receiver.verbalizer_ids])
+                torch.testing.assert_close(scores[row] - scores[row].max(), alone - alone.max(), atol=1e-4, rtol=1e-4)
+            else:                              # each label sequence's log-prob
+                alone = torch.stack([reference_logprobs(model, context, tail[-1:] + ids).sum()
+                                     for ids in receiver.verbalizer_ids])
+                torch.testing.assert_close(scores[row], alone, atol=1e-4, rtol=1e-4)
+        assert torch.isfinite(loss)

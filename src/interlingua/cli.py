@@ -274,6 +274,49 @@ def cmd_kv_report(args):
         print(path)
 
 
+def _dense_tasks(items: list[str]) -> dict[str, list[str]]:
+    """--task NAME=SPLIT=SENDER_STORE=RECEIVER_STORE arguments of dense-train."""
+    out = {}
+    for item in items:
+        parts = item.split("=")
+        if len(parts) != 4 or not all(parts):
+            raise InterlinguaError(f"dense-train --task {item!r}: expected NAME=SPLIT=SENDER_STORE=RECEIVER_STORE")
+        out[parts[0]] = parts[1:]
+    return out
+
+
+def cmd_dense_train(args):
+    from .studies.dense_kv.run import train_job
+    spec, device, _ = _runtime(args)
+    request = spec["request"]
+    tasks = {name: {"task": request["tasks"][name]["task"], "split": split, "sender_store": sender,
+                    "receiver_store": receiver}
+             for name, (split, sender, receiver) in _dense_tasks(args.task).items()}
+    print(train_job(args.sender_dir, args.receiver_dir, tasks, request["prompts"], request["train"], args.seed,
+                    args.out, device=device, run_key=args.spec))
+
+
+def cmd_dense_evaluate(args):
+    from . import zoo
+    from .fingerprint import fingerprint
+    from .studies.dense_kv.run import evaluate_job
+    spec, device, _ = _runtime(args)
+    request = spec["request"]
+    base = {"sender": zoo.read_manifest(args.sender_dir)["alias"], "receiver": zoo.read_manifest(args.receiver_dir)["alias"],
+            "bridge": args.variant, "fingerprint": f"{args.direction}:{fingerprint(request)[:16]}"}
+    print(evaluate_job(args.run, args.sender_dir, args.receiver_dir, args.task, request["task"], args.split,
+                       args.store, request["prompts"], args.out, base=base, seed=args.seed,
+                       keep_fractions=request.get("keep_fractions", []), device=device,
+                       batch_size=request.get("batch_size", 16)))
+
+
+def cmd_dense_report(args):
+    from .studies.dense_kv.report import write_all
+    spec, _, _ = _runtime(args)
+    for path in write_all(spec["config"], args.out_dir):
+        print(path)
+
+
 def cmd_collect(args):
     from .report import collect, write_metrics
     print(collect(args.inputs, args.out, args.predictions, args.paired_tests))
@@ -420,6 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
             ("--seed", {"type": int, "default": 0}), ("--corpus", req), ("--tokenizer-dir", req), ("--out", req),
             ("--start-from", {"help": "a translator.pt whose adapters are kept (extensibility)"}),
             ("members", {"nargs": "+", "metavar": "NAME=DIR"}))
+    command("dense-train", cmd_dense_train,
+            "study 3: train one direction's cache transformation (phase 1 reconstruction, phase 2 generation)",
+            ("--sender-dir", req), ("--receiver-dir", req), ("--seed", {"type": int, "default": 0}), ("--out", req),
+            ("--task", {"action": "append", "required": True, "metavar": "NAME=SPLIT=SENDER_STORE=RECEIVER_STORE"}))
+    command("dense-evaluate", cmd_dense_evaluate,
+            "study 3: a trained direction on one task, both modes, with controls and baselines",
+            ("--task", req), ("--direction", req), ("--variant", req), ("--seed", {"type": int, "default": 0}),
+            ("--sender-dir", req), ("--receiver-dir", req), ("--split", req), ("--store", req), ("--run", req),
+            ("--out", req))
+    command("dense-report", cmd_dense_report, "study 3: every table and figure from its scored runs",
+            ("--out-dir", req))
     command("kv-portability", cmd_kv_portability,
             "study 2, Figure 5: soft prompts tuned on A, ported A -> S -> B, against B's random and tuned prompts",
             ("--config", {"help": "JSON, YAML or a file of PortabilityConfig keys (source, target, sampler, ...)"}),

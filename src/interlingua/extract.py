@@ -157,12 +157,17 @@ def _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_si
     config = zoo.load_config(model_dir)
     rows, truncated = fit_examples({"max_tokens": request["max_tokens"]}, tokenizer, config, rows,
                                    frame=sender_prompt.format(text=""), where=f"tasks.{task_meta['task']}.max_tokens")
-    token_ids = [tokenizer(sender_prompt.format(text=row["text"]), add_special_tokens=True)["input_ids"]
-                 for row in rows]
+    # Character spans (for token alignment across tokenizers) come with the ids from fast tokenizers.
+    spans = bool(getattr(tokenizer, "is_fast", False))
+    encoded = [tokenizer(sender_prompt.format(text=row["text"]), add_special_tokens=True,
+                         return_offsets_mapping=spans) for row in rows]
+    token_ids = [e["input_ids"] for e in encoded]
     # Length-sorted, fixed batches waste little padding; the store keeps each row's example index.
     order = sorted(range(len(rows)), key=lambda i: len(token_ids[i]))
     d, storage = config.hidden_size, request["storage_dtype"]
     arrays = {"token_ids": ((), "int32"), **{layer_key(l): ((d,), storage) for l in layers}}
+    if spans:
+        arrays["char_spans"] = ((2,), "int32")
     kv = kv_layout(config) if kv_cache else None
     if kv:
         for layer in range(kv["num_layers"]):
@@ -187,6 +192,8 @@ def _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_si
                 n = len(token_ids[i])
                 values = {"token_ids": np.asarray(token_ids[i], dtype=np.int32),
                           **{layer_key(l): states[l][j, :n] for l in layers}}
+                if spans:
+                    values["char_spans"] = np.asarray(encoded[i]["offset_mapping"], dtype=np.int32).reshape(n, 2)
                 if cache is not None:
                     for layer, cached in enumerate(cache.layers):
                         keys_name, values_name = kv_keys(layer)

@@ -221,6 +221,27 @@ class Receiver:
                            use_cache=True, **{self._cache_kwarg: cache})
         return out, full_mask
 
+    @torch.no_grad()
+    def attention_to_prefix(self, prompt: Prompt) -> torch.Tensor:
+        """(B, P) attention mass each KVBlock prefix entry receives from the prompt's real tokens, summed over
+        layers, heads and those tokens (eager attention for this pass: the fused kernels return no weights)."""
+        embeds, mask, block = prompt
+        if not isinstance(block, KVBlock):
+            raise DataError("attention_to_prefix needs a prompt after a KVBlock prefix")
+        previous = self.model.config._attn_implementation
+        self.model.set_attn_implementation("eager")
+        try:
+            cache, prefix_mask = block.to_cache()
+            full_mask = torch.cat([prefix_mask.to(mask.dtype), mask], dim=1)                # (B, P + T)
+            positions = block.next_positions()[:, None] + torch.arange(mask.shape[1], device=mask.device)
+            out = self.decoder(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
+                               use_cache=True, output_attentions=True, **{self._cache_kwarg: cache})
+        finally:
+            self.model.set_attn_implementation(previous)
+        queries = mask[:, None, :, None].to(embeds.dtype)                                  # (B, 1, T, 1)
+        mass = sum((layer[..., :block.length].float() * queries).sum((1, 2)) for layer in out.attentions)
+        return mass * block.mask                                                           # (B, P)
+
     def suffix_nll(self, prefix: KVBlock, suffix_ids: list[list[int]]) -> torch.Tensor:
         """Mean NLL (B,) of each row's suffix tokens after its prefix cache, differentiable w.r.t. the
         prefix's keys and values. The first suffix token is read, not scored: a cache holds no hidden
@@ -244,6 +265,13 @@ class Receiver:
         example, about 50x slower on CPU, backward included.
         """
         hidden = self._forward(prompt)[0].last_hidden_state                          # (B, T, d)
+        if isinstance(prompt.prefix, KVBlock) and not bool(prompt.mask.bool().all()):
+            # After a KVBlock the prompt is right-padded: each row's last real token, one per row.
+            if keep != 1:
+                raise DataError("after a KVBlock prefix, prompts of different lengths are scored at their last "
+                                "token only (class scores, label loss); pad nothing to score targets")
+            last = prompt.mask.sum(1) - 1                                             # (B,)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
         return hidden[:, -keep:].reshape(-1, hidden.shape[-1])                       # (B*keep, d)
 
     def _head(self, hidden, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -273,10 +301,35 @@ class Receiver:
                         torch.cat([mask, valid[:, :-1]], 1), prefix)
         return longer, ids, valid
 
+    def _ragged_target_hidden(self, prompt: Prompt, targets: list[list[int]]):
+        """`_with_targets` + `_last_hidden` for prompts of different lengths after a KVBlock (right-padded):
+        each row's targets follow its own last token; returns hidden (B*L, d), ids (B, L), valid (B, L)."""
+        embeds, mask, block = prompt
+        lengths = mask.sum(1).tolist()
+        longest = max(len(t) for t in targets)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([t + [pad] * (longest - len(t)) for t in targets], device=self.device)
+        valid = torch.tensor([[1] * len(t) + [0] * (longest - len(t)) for t in targets], device=self.device)
+        fed = self.embed(ids[:, :-1]).to(embeds.dtype)                                     # (B, L-1, d)
+        rows = [torch.cat([embeds[b, :n], fed[b]]) for b, n in enumerate(lengths)]          # (n_b + L - 1, d)
+        width = max(len(r) for r in rows)
+        joined = embeds.new_zeros(len(rows), width, embeds.shape[-1])
+        joined_mask = mask.new_zeros(len(rows), width)
+        for b, row in enumerate(rows):
+            joined[b, :len(row)] = row
+            joined_mask[b, :len(row)] = 1
+        hidden = self._forward(Prompt(joined, joined_mask, block))[0].last_hidden_state     # (B, W, d)
+        index = torch.tensor(lengths, device=self.device)[:, None] - 1 + torch.arange(longest, device=self.device)
+        picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))        # (B, L, d)
+        return picked.reshape(-1, hidden.shape[-1]), ids, valid
+
     def target_logprobs(self, prompt: Prompt, targets: list[list[int]]):
         """Per-token log-probs (B, L) of target continuations and their validity mask (B, L)."""
-        longer, ids, valid = self._with_targets(prompt, targets)
-        hidden = self._last_hidden(longer, keep=ids.shape[1])  # position t predicts token t+1  (B*L, d)
+        if isinstance(prompt.prefix, KVBlock) and not bool(prompt.mask.bool().all()):
+            hidden, ids, valid = self._ragged_target_hidden(prompt, targets)
+        else:
+            longer, ids, valid = self._with_targets(prompt, targets)
+            hidden = self._last_hidden(longer, keep=ids.shape[1])  # position t predicts token t+1  (B*L, d)
         if self._fused_head:
             logprobs = -head_nll(hidden, self.head.weight, ids.reshape(-1), self.softcap)          # (B*L,)
         else:
@@ -325,6 +378,11 @@ class Receiver:
         (`VerbalizerTrie`), inference only: the prompt runs once and the scored prefixes continue
         from its KV cache."""
         trie = self.trie
+        if isinstance(prompt.prefix, KVBlock) and not bool(prompt.mask.bool().all()):
+            # Prompts of different lengths after a per-row cache: each label sequence's log-prob (unconstrained),
+            # one pass per label.
+            batch = prompt.embeds.shape[0]
+            return torch.stack([self.target_logprobs(prompt, [ids] * batch)[0].sum(1) for ids in self.verbalizer_ids], 1)
         out, mask = self._forward(prompt, use_cache=True)
         last = out.last_hidden_state[:, -1]                                           # (B, d)
         roots = self._head(last, torch.tensor(trie.roots, device=self.device)).log_softmax(-1)  # (B, R)

@@ -1,9 +1,12 @@
-"""Device, dtype and seeding: `auto` means CUDA + bf16 when present, else CPU + float32."""
+"""Device, dtype and seeding (`auto` means CUDA + bf16 when present, else CPU + float32), and atomic writes."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +77,20 @@ def atomic_save(path: Path, payload) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path):
+    """Yield a temporary directory beside `out_dir`; on success it replaces `out_dir` (one rename), on any
+    error or kill it is removed: a job never leaves a half-written directory at `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

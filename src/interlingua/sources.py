@@ -228,8 +228,10 @@ def code_hash(command: str, root: Path = PACKAGE_DIR) -> str:
 DAG_MODULES = ("config.py", "study.py", "sources.py", "fingerprint.py", "tasks.py", "zoo.py", "errors.py",
                "schemas/config.schema.yaml", "studies/__init__.py", "studies/kv_alignment/__init__.py",
                "studies/kv_alignment/plan.py", "studies/kv_alignment/configs.py", "studies/kv_alignment/corpus.py",
-               "studies/kv_alignment/pretrain.py", "channels/__init__.py", "channels/kv/__init__.py",
-               "channels/kv/translators")
+               "studies/kv_alignment/pretrain.py", "studies/dense_kv/__init__.py", "studies/dense_kv/plan.py",
+               "studies/dense_kv/configs.py", "channels/__init__.py", "channels/kv/__init__.py",
+               "channels/kv/translators", "channels/kv/dense.py", "channels/kv/cache.py", "channels/kv/rotary.py",
+               "channels/kv/tokens.py", "channels/kv/transfer.py")
 
 
 def module_files(commands_: list[str], root: Path = PACKAGE_DIR) -> list[str]:

@@ -2,6 +2,8 @@
 
 Layout of `<split>.zarr/` (tens of files, not thousands: token arrays are sharded):
   token_ids        (N_tokens,)          int32   sender token ids, all rows back to back
+  char_spans       (N_tokens, 2)        int32   each token's [start, end) in the row's prompt string
+                                                 ((0, 0) for special tokens; fast tokenizers only)
   offsets          (N_rows + 1,)        int64   row r is tokens offsets[r]:offsets[r+1]
   labels           (N_rows,)            int64
   example_index    (N_rows,)            int64   row -> position in the materialized task split
@@ -353,6 +355,13 @@ class ActivationStore:
 
     def row_tokens(self, row: int) -> np.ndarray:
         return self.group["token_ids"][self.offsets[row]:self.offsets[row + 1]]
+
+    def row_spans(self, row: int) -> list[tuple[int, int]]:
+        """Each token's character span [start, end) in the row's prompt string (cross-tokenizer alignment)."""
+        if "char_spans" not in self.manifest["arrays"]:
+            raise DataError(f"{self.path}: no character spans stored (the tokenizer was not a fast one, or the "
+                            f"store predates them); re-extract with a fast tokenizer")
+        return [(int(a), int(b)) for a, b in self.group["char_spans"][self.offsets[row]:self.offsets[row + 1]]]
 
     def row_hidden(self, row: int, layer: int) -> torch.Tensor:
         """(T, d) in the logical dtype (bit-exact)."""

@@ -6,7 +6,8 @@ in `mirror` and sets `holdout`, which partitions it deterministically into train
 Materializing a split validates every row, renders its text (`text_field`, or `text_template`
 over the raw row), maps its label (an index, or through `label_values`), takes the seeded
 subsample, and writes `data/tasks/<task>/<split>.jsonl` as {index, text, label} lines (index =
-row number in the source file) plus a meta file with its content hash.
+row number in the source file; `parts` too when the task names some, e.g. BoolQ's question alone)
+plus a meta file with its content hash.
 
 A train row whose text is also an eval text of the task (after lower-casing and collapsing
 whitespace, `normalise`) is dropped before the subsample, against the whole eval split (not only
@@ -93,7 +94,11 @@ def examples(name: str, task: dict, rows: list[dict], origin: str) -> list[dict]
     out = []
     for index, row in enumerate(rows):
         where = f"{origin}:{index + 1}" if not origin.startswith("hub:") else f"{origin} row {index}"
-        out.append({"text": row_text(task, row, where), "label": row_label(task, row, where)})
+        example = {"text": row_text(task, row, where), "label": row_label(task, row, where)}
+        if task.get("parts"):
+            example["parts"] = {name: render_template(template, row, where, f"parts.{name}")
+                                for name, template in task["parts"].items()}
+        out.append(example)
     return out
 
 
@@ -124,18 +129,23 @@ def row_text(task: dict, row: dict, where: str) -> str:
         if not _is_text(row[field]):
             raise DataError(f"{where}: field '{field}' is empty or not a string")
         return row[field]
+    return render_template(task["text_template"], row, where)
+
+
+def render_template(template: str, row: dict, where: str, key: str = "text_template") -> str:
+    """A str.format template over a raw row (text_template, or a part); every field a non-empty string."""
     # Check each field first, so a bad row names the field rather than failing inside format().
-    for field in template_fields(task["text_template"]):
+    for field in template_fields(template):
         if field_root(field) not in row:
-            raise DataError(f"{where}: missing field '{field_root(field)}' (used by text_template as {{{field}}})")
+            raise DataError(f"{where}: missing field '{field_root(field)}' (used by {key} as {{{field}}})")
         try:
             value, _ = _FORMATTER.get_field(field, (), row)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise DataError(f"{where}: text_template field '{field}' cannot be looked up in this row "
+            raise DataError(f"{where}: {key} field '{field}' cannot be looked up in this row "
                             f"({type(exc).__name__}: {exc})") from None
         if not _is_text(value):
             raise DataError(f"{where}: field '{field}' is empty or not a string")
-    return task["text_template"].format_map(row)
+    return template.format_map(row)
 
 
 # --- label: an integer index, or a raw value looked up in label_values --------------------------
@@ -236,6 +246,8 @@ def materialize_split(name: str, task: dict, datasets_dir: str | Path, role: str
     with open(tmp, "w", encoding="utf-8") as handle:
         for index in keep:
             record = {"index": index, "text": rows[index]["text"], "label": rows[index]["label"]}
+            if "parts" in rows[index]:   # named pieces of the row (e.g. BoolQ's question), for study 3's prompts
+                record["parts"] = rows[index]["parts"]
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(out_path)
     meta = {"task": name, "role": role, "split": task["splits"][role], "origin": origin,

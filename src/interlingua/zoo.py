@@ -14,8 +14,6 @@ import importlib.metadata as metadata
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufCo
 
 from .errors import ConfigError
 from .fingerprint import file_sha256, fingerprint
-from .runtime import DTYPES
+from .runtime import DTYPES, atomic_dir
 
 MANIFEST = "interlingua_model.json"
 # Keys the workflow adds to a config entry (what was loaded, the code that loads it): not a source option.
@@ -182,22 +180,13 @@ def materialize(alias: str, spec: dict, out_dir: str | Path) -> Path:
     model, tokenizer = _load_source(spec, storage)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target, then rename: a killed job never leaves a half model.
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{alias}."))
-    try:
+    with atomic_dir(out_dir) as tmp:  # a killed job never leaves a half model
         model.to(storage).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         manifest = {"alias": alias, "source": spec, "files": source_files(spec), "fingerprint": model_fingerprint(spec),
                     "architecture": type(model).__name__,
                     "parameters": sum(p.numel() for p in model.parameters())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

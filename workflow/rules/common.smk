@@ -9,6 +9,7 @@ from interlingua.errors import InterlinguaError
 from interlingua.fingerprint import file_sha256, fingerprint
 from interlingua.sources import code_hash
 from interlingua import study as study_plan
+from interlingua.studies.dense_kv import plan as dense_kv_plan
 from interlingua.studies.kv_alignment import plan as kv_alignment_plan
 from interlingua.tasks import mirror_path, prompt_spec
 from interlingua.zoo import source_files
@@ -17,6 +18,7 @@ from interlingua.zoo import source_files
 try:
     VALID = validate_config(config, base_dir=workflow.basedir)
     kv_alignment_plan.check(VALID)
+    dense_kv_plan.check(VALID)
 except InterlinguaError as error:
     raise WorkflowError(f"interlingua: {error}") from None
 config.update(VALID)
@@ -82,8 +84,8 @@ def task_role(wildcards):
 
 def task_source_spec(task, role):
     """Only what decides a split's rows: prompt edits must not re-materialize (and re-extract)."""
-    keep = ("mirror", "hub_id", "hub_config", "hub_fields", "text_field", "text_template", "label_field", "label_values",
-            "label_names", "holdout", "subsample_seed")
+    keep = ("mirror", "hub_id", "hub_config", "hub_fields", "text_field", "text_template", "parts", "label_field",
+            "label_values", "label_names", "holdout", "subsample_seed")
     source = {key: task[key] for key in keep if key in task}
     source_file = mirror_path(task, config["paths"]["datasets"], role)
     request = dict(source, splits={role: task["splits"][role]}, subsample={role: task["subsample"][role]},

@@ -50,6 +50,7 @@ rule figures_readme:
     input:
         figures=ancient([f for f in study_plan.study_figures(config)]),  # what decides them is in params
         kv_alignment=ancient(kv_alignment_plan.figures(config)),
+        dense_kv=ancient(dense_kv_plan.figures(config)),
         # Current unless a result's request changed (then the report reruns and so must this; Snakemake does
         # not rerun a job behind ancient inputs on a params change upstream).
         results=lambda w: unless_rerun("results/results.csv", results_request()),
@@ -62,7 +63,7 @@ rule figures_readme:
     log:
         "logs/report/README.log",
     shell:
-        "{CLI} figures-readme --prune --spec {params.spec:q} --out {output} {input.figures} {input.kv_alignment} > {log} 2>&1"
+        "{CLI} figures-readme --prune --spec {params.spec:q} --out {output} {input.figures} {input.kv_alignment} {input.dense_kv} > {log} 2>&1"
 
 
 rule figures_latentwire:
@@ -73,7 +74,8 @@ rule figures_latentwire:
 
 
 rule figures:
-    """Every study's figures: LatentWire and K-V cache alignment."""
+    """Every study's figures: LatentWire, K-V cache alignment and dense KV transfer (each when configured)."""
     input:
         rules.figures_latentwire.input,
         kv_alignment_plan.figures(config),
+        dense_kv_plan.figures(config),

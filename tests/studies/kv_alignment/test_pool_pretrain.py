@@ -155,3 +155,24 @@ def test_cli_builds_a_corpus_and_a_member(tiny_mirror, tiny_tokenizer, tmp_path)
     assert json.loads((tmp_path / "m" / "manifest.json").read_text())["steps"] == 4
     assert main(["pool-pretrain", "--config", config, "--corpus", str(tmp_path / "corpus"),
                  "--out", str(tmp_path / "m2"), "--snapshot", "mid"]) == 2
+
+
+def test_a_gemma2_style_member_learns_and_its_keys_unrotate_exactly(tiny_corpus, tmp_path):
+    """config/kv_paper.yaml's members: alternating sliding-window and global layers, soft-capping."""
+    from interlingua.channels.kv.cache import kv_of
+    from interlingua.channels.kv.rotary import rotary_specs, rotate, unrotate
+
+    out = pretrain({**TINY, "architecture": "gemma2", "sliding_window": 8}, tiny_corpus, tmp_path / "g2",
+                   progress=False)
+    model, _, manifest = load_member(out)
+    assert model.config.model_type == "gemma2" and model.config.layer_types[0] == "sliding_attention"
+    rows = _rows(out)
+    assert float(rows[-1]["heldout_nll_wikitext"]) < float(rows[0]["heldout_nll_wikitext"]) - 0.5
+    windows = heldout_windows(load_corpus(tiny_corpus).heldout["tinystories"], 20, 0, 40)
+    with torch.no_grad():
+        block = kv_of(model, windows.tolist())
+    for keys, spec in zip(block.keys, rotary_specs(model.config)):
+        free = unrotate(keys, block.positions, spec)
+        torch.testing.assert_close(rotate(free, block.positions, spec), keys, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="architecture"):
+        PretrainConfig.from_dict({"architecture": "mamba"})

@@ -111,6 +111,23 @@ class KVBlock:
             keep &= rank < stop
         return _pack(self.keys, self.values, keep, self.positions)
 
+    def where(self, keep: torch.Tensor) -> "KVBlock":
+        """The real entries where keep (B, T) is true, left-padded again; positions keep their values (e.g. the
+        most-attended fraction of a transferred cache, or a cache at the positions another block holds)."""
+        if tuple(keep.shape) != tuple(self.mask.shape):
+            raise DataError(f"KVBlock.where: keep is {tuple(keep.shape)}, the block {tuple(self.mask.shape)}")
+        return _pack(self.keys, self.values, keep.bool() & self.mask.bool(), self.positions)
+
+    def at(self, positions: list[torch.Tensor]) -> "KVBlock":
+        """Row b's entries at rotary positions `positions[b]` (each must be there)."""
+        keep = torch.stack([torch.isin(self.positions[b], positions[b].to(self.positions.device))
+                            for b in range(self.batch)]) & self.mask.bool()
+        found = keep.sum(1).tolist()
+        wanted = [len(p) for p in positions]
+        if found != wanted:
+            raise DataError(f"KVBlock.at: rows hold {found} of the {wanted} positions asked for")
+        return self.where(keep)
+
     def to_cache(self):
         """A transformers DynamicCache holding every entry of every layer (config-less, so Gemma-3's
         sliding-window layers keep all positions and the window is applied by the mask), and the

@@ -19,8 +19,6 @@ import hashlib
 import json
 import math
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import yaml
 
 from ...errors import ConfigError, DataError
 from ...fingerprint import file_sha256
+from ...runtime import atomic_dir
 
 MANIFEST = "corpus.json"
 VOCAB_FILE = "vocab.npy"  # (source_size,) int32: SmolLM2 id -> pool id
@@ -239,20 +238,12 @@ def prepare_corpus(datasets_dir: str | Path, tokenizer, out_dir: str | Path,
                 "source": {"size": len(tokenizer), "bos": bos, "sep": sep},
                 "split": f"per corpus, the last ceil({config.held_out_fraction} x documents) documents in file "
                          "order are held out"}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for name, s in streams.items():
             for part, a in s.items():
                 np.save(tmp / f"{name}.{part}.npy", a.astype(np.int32))
         vocab.save(tmp / VOCAB_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -21,7 +21,6 @@ import json
 import math
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,17 +33,21 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from ...errors import ConfigError, DataError
 from ...fingerprint import file_sha256, fingerprint
+from ...runtime import atomic_dir
 from .corpus import (PoolCorpus, PoolVocab, heldout_windows, load_corpus, read_settings, sample_windows,
                      unigram_nll)
 
 MANIFEST = "manifest.json"
 VOCAB_FILE = "pool_vocab.npy"
-SIZE_KEYS = ("hidden", "layers", "heads", "kv_heads", "intermediate", "rope_theta")
+SIZE_KEYS = ("architecture", "sliding_window", "hidden", "layers", "heads", "kv_heads", "intermediate", "rope_theta")
 
 
 @dataclass
 class PretrainConfig:
-    # model size (Llama: RMSNorm, SwiGLU, rotary, grouped-query attention; tied embeddings)
+    # model (llama: RMSNorm, SwiGLU, rotary, grouped-query attention, tied embeddings; gemma2: the paper's
+    # Gemma-2-style members: alternating sliding-window/global layers, logit soft-capping, GeGLU)
+    architecture: str = "llama"
+    sliding_window: int = 4096    # gemma2 only: the local layers' window
     hidden: int = 96              # d_model
     layers: int = 3
     heads: int = 4                # head_dim = hidden / heads
@@ -84,6 +87,9 @@ class PretrainConfig:
         for key in ("hidden", "layers", "heads", "kv_heads", "intermediate", "batch", "steps", "eval_tokens",
                     "eval_every", "checkpoint_every"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) > 0, key, "must be a positive integer")
+        need(self.architecture in ARCHITECTURES, "architecture", f"must be one of {list(ARCHITECTURES)}")
+        need(isinstance(self.sliding_window, int) and self.sliding_window > 0, "sliding_window",
+             "must be a positive integer")
         need(self.hidden % self.heads == 0, "heads", f"must divide hidden={self.hidden}")
         need(self.heads % self.kv_heads == 0, "kv_heads", f"must divide heads={self.heads}")
         need(isinstance(self.seq_len, int) and self.seq_len >= 2, "seq_len", "must be an integer >= 2")
@@ -123,8 +129,23 @@ def load_pretrain_config(source: str | dict) -> PretrainConfig:
     return PretrainConfig.from_dict(read_settings(source, PretrainConfig))
 
 
-def build_model(config: PretrainConfig, vocab_size: int, bos: int, eos: int) -> LlamaForCausalLM:
+ARCHITECTURES = ("llama", "gemma2")
+
+
+def build_model(config: PretrainConfig, vocab_size: int, bos: int, eos: int):
     """A freshly initialised member; the weights depend only on (config, seed)."""
+    if config.architecture == "gemma2":
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        head_dim = config.hidden // config.heads
+        gemma = Gemma2Config(vocab_size=vocab_size, hidden_size=config.hidden, intermediate_size=config.intermediate,
+                             num_hidden_layers=config.layers, num_attention_heads=config.heads,
+                             num_key_value_heads=config.kv_heads, head_dim=head_dim, query_pre_attn_scalar=head_dim,
+                             max_position_embeddings=config.seq_len, sliding_window=config.sliding_window,
+                             rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
+                             tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=None)
+        torch.manual_seed(config.seed)
+        return Gemma2ForCausalLM(gemma)
     llama = LlamaConfig(vocab_size=vocab_size, hidden_size=config.hidden, intermediate_size=config.intermediate,
                         num_hidden_layers=config.layers, num_attention_heads=config.heads,
                         num_key_value_heads=config.kv_heads, max_position_embeddings=config.seq_len,
@@ -211,8 +232,8 @@ def _parent(parent_dir, config: PretrainConfig, corpus: PoolCorpus):
     if vocab.digest != corpus.vocab.digest:
         raise ConfigError(f"parent {parent_dir} uses pool vocabulary {vocab.digest}, "
                           f"the corpus {corpus.vocab.digest}")
-    differ = {k: (manifest["config"][k], getattr(config, k)) for k in SIZE_KEYS
-              if manifest["config"][k] != getattr(config, k)}
+    saved = {k: manifest["config"].get(k, getattr(PretrainConfig(), k)) for k in SIZE_KEYS}
+    differ = {k: (saved[k], getattr(config, k)) for k in SIZE_KEYS if saved[k] != getattr(config, k)}
     if differ:
         raise ConfigError(f"an expert keeps its parent's size; parent {parent_dir} differs in {differ} "
                           "(parent, config)")
@@ -246,19 +267,11 @@ def _write_member(model, out: Path, *, corpus: PoolCorpus, config: PretrainConfi
     manifest = {**record, "name": name or out.name, "heldout": heldout,
                 "margin": {"required": config.margin, "min_gap_trained_on": min(trained),
                            "met": min(trained) >= config.margin}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         corpus.vocab.save(tmp / VOCAB_FILE)
         _write_loss_csv(rows, tmp / "loss.csv", list(corpus.heldout))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

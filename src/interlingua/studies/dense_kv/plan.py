@@ -1,0 +1,128 @@
+"""What study 3 runs, from the `dense_kv` config section (workflow/rules/dense_kv.smk reads it).
+
+Directions (`dense_kv.directions`: name -> {sender, receiver, seeds}) are zoo models of any tokenizers.
+One transformation per direction, variant and seed, trained on the `tasks` (jointly) and scored on those and
+on the out-of-domain `ood` tasks it never saw:
+    results/dense_kv/<direction>/<variant>/seed<seed>/transform.pt, <task>.csv
+Variants: `both` (phase 1 then phase 2: the method, every direction and seed) and, on the `headline`
+direction's first seed, the phase ablation `phase1` (reconstruction only) and `phase2` (generation only).
+Stores (KV caches with character spans, `extract` with kv_cache and layer 0 only):
+    data/dense_kv/stores/<model>/<task>/<split>.zarr
+the sender's of every scored task's train (trained tasks) and eval splits, the receiver's of the trained
+tasks' train splits (phase 1's targets).
+"""
+from __future__ import annotations
+
+from ...errors import ConfigError
+from .configs import DenseRunConfig
+
+STORES_DIR = "data/dense_kv/stores"
+RUNS_DIR = "results/dense_kv"
+FIGURES_DIR = "figures/dense_kv"
+VARIANTS = {"both": ["reconstruction", "generation"], "phase1": ["reconstruction"], "phase2": ["generation"]}
+
+
+def section(config: dict) -> dict:
+    return config.get("dense_kv") or {}
+
+
+def enabled(config: dict) -> bool:
+    return bool(section(config).get("directions"))
+
+
+def directions(config: dict) -> dict[str, dict]:
+    dense = section(config)
+    default = dense.get("seeds", [0])
+    return {name: {"sender": d["sender"], "receiver": d["receiver"], "seeds": list(d.get("seeds", default))}
+            for name, d in dense.get("directions", {}).items()}
+
+
+def train_tasks(config: dict) -> list[str]:
+    return list(section(config).get("tasks", []))
+
+
+def eval_tasks(config: dict) -> list[str]:
+    return train_tasks(config) + [t for t in section(config).get("ood", []) if t not in train_tasks(config)]
+
+
+def runs(config: dict) -> list[tuple[str, str, int]]:
+    """(direction, variant, seed) of every training run."""
+    if not enabled(config):
+        return []
+    dense, out = section(config), []
+    for name, d in directions(config).items():
+        out += [(name, "both", seed) for seed in d["seeds"]]
+    headline = dense.get("headline")
+    if headline and dense.get("phase_ablation", True):
+        seed = directions(config)[headline]["seeds"][0]
+        out += [(headline, "phase1", seed), (headline, "phase2", seed)]
+    return out
+
+
+def run_config(config: dict, variant: str) -> dict:
+    """The DenseRunConfig dict of a variant (the phases set by it)."""
+    return dict(section(config).get("train", {}), phases=VARIANTS[variant])
+
+
+def run_dir(direction: str, variant: str, seed) -> str:
+    return f"{RUNS_DIR}/{direction}/{variant}/seed{seed}"
+
+
+def store_path(model: str, task: str, split: str) -> str:
+    return f"{STORES_DIR}/{model}/{task}/{split}.zarr"
+
+
+def stores(config: dict) -> set[tuple[str, str, str]]:
+    """(model, task, role) of every store the study reads; role "train" or "eval"."""
+    out = set()
+    for d in directions(config).values():
+        for task in train_tasks(config):
+            out |= {(d["sender"], task, "train"), (d["receiver"], task, "train")}
+        out |= {(d["sender"], task, "eval") for task in eval_tasks(config)}
+    return out
+
+
+def check(config: dict, valid: dict | None = None) -> None:
+    """Names that do not resolve, stopped before any job runs (keys named)."""
+    if not enabled(config):
+        return
+    dense = section(config)
+    models, tasks = config.get("models", {}), config.get("tasks", {})
+    for name, d in directions(config).items():
+        for end in ("sender", "receiver"):
+            if d[end] not in models:
+                raise ConfigError(f"dense_kv.directions.{name}.{end}: unknown model '{d[end]}' (models: "
+                                  f"{sorted(models)})")
+        if not d["seeds"]:
+            raise ConfigError(f"dense_kv.directions.{name}.seeds is empty")
+    for key in ("tasks", "ood"):
+        for task in dense.get(key, []):
+            if task not in tasks:
+                raise ConfigError(f"dense_kv.{key}: unknown task '{task}' (tasks: {sorted(tasks)})")
+    if not train_tasks(config):
+        raise ConfigError("dense_kv.tasks is empty: the transformation trains on at least one task")
+    prompts = dense.get("prompts", {})
+    for task in eval_tasks(config):
+        if "unaware" not in prompts.get(task, {}):
+            raise ConfigError(f"dense_kv.prompts.{task}.unaware is missing: what the context-unaware receiver "
+                              f"reads after the transferred cache")
+        firsts = [tasks[task]["verbalizers"][i].split()[0] if tasks[task]["verbalizers"][i].split() else ""
+                  for i in range(len(tasks[task]["verbalizers"]))]
+        if len(set(firsts)) != len(firsts):
+            raise ConfigError(f"dense_kv: task '{task}' has verbalizers sharing a first word; study 3 scores "
+                              f"first tokens (label-set loss) and needs them distinct")
+    headline = dense.get("headline")
+    if headline is not None and headline not in directions(config):
+        raise ConfigError(f"dense_kv.headline '{headline}' is not a direction ({sorted(directions(config))})")
+    DenseRunConfig.from_dict(dense.get("train", {}))
+
+
+def figures(config: dict) -> list[str]:
+    """Every output report.write_all writes for this config."""
+    if not enabled(config):
+        return []
+    out = [f"{FIGURES_DIR}/{name}" for name in ("table_main.md", "fig_duality.png", "fig_duality.md",
+                                                   "table_reconstruction.md")]
+    if any(v != "both" for _, v, _ in runs(config)):
+        out.append(f"{FIGURES_DIR}/table_phases.md")
+    return out

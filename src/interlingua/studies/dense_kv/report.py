@@ -1,0 +1,194 @@
+"""Study 3's tables and figures (figures/dense_kv/), from its scored runs and study 1's baselines.
+
+Every accuracy is on the task's whole eval split, the same rows for every method (n in each cell), mean ± std
+over the seeds run (n seeds in the caption). A transfer result counts only where it beats its shuffled-source
+control by McNemar's exact test (p < 0.05) for every seed: the tables give each seed's p.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ...paired import ALPHA, mcnemar  # noqa: E402
+from ...report import STYLE, save_figure, write_table  # noqa: E402
+from . import plan  # noqa: E402
+
+MODES = ("unaware", "aware")
+
+
+def load(config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(result rows, prediction rows) of every scored run, with `direction` and `variant` columns."""
+    rows, predictions = [], []
+    for direction, variant, seed in plan.runs(config):
+        for task in plan.eval_tasks(config):
+            path = Path(plan.run_dir(direction, variant, seed)) / f"{task}.csv"
+            rows.append(pd.read_csv(path).assign(direction=direction, run_variant=variant))
+            predictions.append(pd.read_csv(path.with_name(f"{task}.predictions.csv"))
+                               .assign(direction=direction, run_variant=variant))
+    frame = pd.concat(rows, ignore_index=True)
+    frame["variant"] = frame["variant"].fillna("")
+    preds = pd.concat(predictions, ignore_index=True)
+    preds["variant"] = preds["variant"].fillna("")
+    return frame, preds
+
+
+def baselines(task: str) -> dict:
+    """Study 1's majority-class and uniform-random accuracy of a task (mean over its draws), with n."""
+    out = {}
+    for name in ("majority", "random"):
+        path = Path(f"results/{name}/{task}.csv")
+        if path.exists():
+            rows = pd.read_csv(path).query("metric == 'accuracy'")
+            out[name] = (rows.value.mean(), int(rows.n.iloc[0]))
+    return out
+
+
+def _cell(values: pd.Series, n) -> str:
+    if values.empty:
+        return "not run"
+    return f"{values.mean():.3f} ± {values.std():.3f} (n={n})" if len(values) > 1 else f"{values.mean():.3f} (n={n})"
+
+
+def _accuracy(frame, **keys) -> pd.DataFrame:
+    query = frame.metric == "accuracy"
+    for key, value in keys.items():
+        query &= frame[key] == value
+    return frame[query]
+
+
+def paired_p(preds: pd.DataFrame, direction: str, variant: str, task: str, mode: str, seed: int,
+             control: str) -> float:
+    pick = lambda v: preds[(preds.direction == direction) & (preds.run_variant == variant) & (preds.task == task)  # noqa: E731
+                           & (preds.method == f"cache_{mode}") & (preds.variant == v) & (preds.seed == seed)]
+    return mcnemar(pick(""), pick(control))["p_value"]
+
+
+def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
+    records, notes = [], []
+    seeds = {}
+    for direction, variant, seed in plan.runs(config):
+        if variant == "both":
+            seeds.setdefault(direction, []).append(seed)
+    for direction, run_seeds in seeds.items():
+        d = plan.directions(config)[direction]
+        for task in plan.eval_tasks(config):
+            base = baselines(task)
+            for mode in MODES:
+                cache = _accuracy(frame, direction=direction, run_variant="both", task=task, method=f"cache_{mode}")
+                alone = _accuracy(frame, direction=direction, run_variant="both", task=task, method=f"alone_{mode}")
+                n = int(cache.n.iloc[0]) if len(cache) else 0
+                pick = lambda v: cache[cache.variant == v].value  # noqa: E731
+                ps = [paired_p(preds, direction, "both", task, mode, s, "shuffled_source") for s in run_seeds]
+                beats = all(p < ALPHA for p in ps) and pick("").mean() > pick("shuffled_source").mean()
+                records.append({
+                    "direction": f"{d['sender']} -> {d['receiver']}", "task": task + (" (ood)" if task in
+                                                                                      config["dense_kv"].get("ood", []) else ""),
+                    "mode": mode, "transfer": _cell(pick(""), n), "shuffled": _cell(pick("shuffled_source"), n),
+                    "zero": _cell(pick("zero_source"), n), "no communication": _cell(alone.value.iloc[:1], n),
+                    "majority": f"{base['majority'][0]:.3f} (n={base['majority'][1]})" if "majority" in base else "not run",
+                    "random": f"{base['random'][0]:.3f} (n={base['random'][1]})" if "random" in base else "not run",
+                    "p vs shuffled (per seed)": ", ".join(f"{p:.2g}" for p in ps),
+                    "counts": "yes" if beats else "no"})
+    table = pd.DataFrame(records).set_index(["direction", "task", "mode"])
+    notes.append("transfer: the receiver with the sender's transformed cache before its prompt; shuffled: another "
+                 "example's transformed cache; zero: the receiver's own sink, then zeros; no communication: the "
+                 "receiver alone (unaware: the question only; aware: it reads the input). `counts`: the transfer "
+                 "beats its shuffled control by McNemar's exact test, p < 0.05, for every seed.")
+    notes.append(f"seeds per direction: {json.dumps(seeds)}; majority and random: study 1's baselines on the same rows")
+    out = out_dir / "table_main"
+    write_table(table, out, "Dense KV transfer: accuracy, mean ± std over seeds (n = eval rows)", "dense_main", notes)
+    return out.with_suffix(".md")
+
+
+def phase_table(config: dict, frame, out_dir: Path) -> Path | None:
+    headline = config["dense_kv"].get("headline")
+    variants = [(v, s) for d, v, s in plan.runs(config) if d == headline and v in ("phase1", "phase2")]
+    if not variants:
+        return None
+    seed = variants[0][1]
+    records = []
+    for task in plan.eval_tasks(config):
+        for mode in MODES:
+            row = {"task": task, "mode": mode}
+            for variant, label in (("phase1", "phase 1 only"), ("phase2", "phase 2 only"), ("both", "both phases")):
+                cells = _accuracy(frame, direction=headline, run_variant=variant, task=task, method=f"cache_{mode}",
+                                  variant="", seed=seed)
+                row[label] = _cell(cells.value, int(cells.n.iloc[0]) if len(cells) else 0)
+            records.append(row)
+    out = out_dir / "table_phases"
+    write_table(pd.DataFrame(records).set_index(["task", "mode"]), out,
+                f"Phase ablation on {headline}, seed {seed}: accuracy of the transferred cache", "dense_phases",
+                ["phase 1: reconstruction of the receiver's own cache (closed form); phase 2: the receiver's loss "
+                 "on the answer; phase 2 only starts from zero maps"])
+    return out.with_suffix(".md")
+
+
+def duality(config: dict, frame, out_dir: Path) -> list[Path]:
+    fractions = sorted(set(config["dense_kv"].get("keep_fractions", [])) | {1.0})
+    headline = config["dense_kv"].get("headline") or next(iter(plan.directions(config)))
+    records = []
+    for task in plan.train_tasks(config):
+        for mode in MODES:
+            for f in fractions:
+                variant = "" if f == 1 else f"keep_{f:g}"
+                cells = _accuracy(frame, direction=headline, run_variant="both", task=task, method=f"cache_{mode}",
+                                  variant=variant)
+                if len(cells):
+                    records.append({"task": task, "mode": mode, "kept": f, "accuracy": cells.value.mean(),
+                                    "std": cells.value.std(), "n": int(cells.n.iloc[0]), "seeds": len(cells)})
+    table = pd.DataFrame(records)
+    out = out_dir / "fig_duality"
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, max(1, len(plan.train_tasks(config))), figsize=(3.2 * len(plan.train_tasks(config)), 2.8),
+                                 squeeze=False)
+        for ax, task in zip(axes[0], plan.train_tasks(config)):
+            for mode in MODES:
+                part = table[(table.task == task) & (table["mode"] == mode)] if len(table) else table
+                if len(part):
+                    ax.errorbar(part.kept, part.accuracy, yerr=part["std"].fillna(0), marker="o", label=mode, capsize=2)
+            ax.set(title=task, xlabel="fraction of the transferred cache kept", ylabel="accuracy")
+            ax.legend(fontsize=7)
+        save_figure(fig, out, f"{headline}; positions ranked by the attention the receiver's prompt gives them with "
+                              f"the whole cache in place (sink excluded, always kept); n = eval rows per point")
+        plt.close(fig)
+    write_table(table.set_index(["task", "mode", "kept"]) if len(table) else table, out,
+                f"Duality: accuracy vs fraction of the transferred cache kept ({headline})", "dense_duality")
+    return [out.with_suffix(".png"), out.with_suffix(".md")]
+
+
+def reconstruction_table(config: dict, out_dir: Path) -> Path:
+    records = []
+    for direction, variant, seed in plan.runs(config):
+        record = json.loads((Path(plan.run_dir(direction, variant, seed)) / "transform" / "record.json").read_text())
+        for task, error in record.get("phase1", {}).items():
+            records.append({"direction": direction, "variant": variant, "seed": seed, "task": task,
+                            "keys": round(error["key_relative_error"], 3),
+                            "values": round(error["value_relative_error"], 3), "rows": error["rows"],
+                            "parameters": record["trainable_parameters"]})
+    out = out_dir / "table_reconstruction"
+    frame = pd.DataFrame(records)
+    write_table(frame.set_index(["direction", "variant", "seed", "task"]) if len(frame) else frame, out,
+                "Phase 1: held-out reconstruction error of the receiver's own cache (relative: a zero cache is 1)",
+                "dense_reconstruction")
+    return out.with_suffix(".md")
+
+
+def write_all(config: dict, out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame, preds = load(config)
+    paths = [main_table(config, frame, preds, out_dir), *duality(config, frame, out_dir),
+             reconstruction_table(config, out_dir)]
+    phases = phase_table(config, frame, out_dir)
+    paths += [phases] if phases else []
+    stems = {p.stem for p in paths}
+    for stale in out_dir.iterdir():   # another config's outputs never stay beside this one's
+        if stale.is_file() and stale.stem not in stems:
+            stale.unlink()
+    return paths

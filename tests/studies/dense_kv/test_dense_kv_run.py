@@ -1,0 +1,69 @@
+"""Study 3 end to end on tiny models of different tokenizers: stores -> two phases -> evaluation rows."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from interlingua.errors import ConfigError
+from interlingua.evaluate import predictions_path
+from interlingua.extract import extract
+from interlingua.studies.dense_kv.configs import DenseRunConfig
+from interlingua.studies.dense_kv.run import evaluate_job, train_job
+from interlingua.tasks import materialize_split
+
+torch.set_num_threads(1)
+PROMPTS = {"toy": {"unaware": "\nSentiment:"}}
+
+
+@pytest.fixture
+def stores(tiny_models, sst2_like_task, toy_mirror, tmp_path):
+    out = {}
+    for role, name in (("train", "train"), ("eval", "validation")):
+        split = tmp_path / f"{name}.jsonl"
+        materialize_split("toy", sst2_like_task, toy_mirror, role, split)
+        out[f"{role}_split"] = split
+        for model in ("sender", "receiver") if role == "train" else ("sender",):
+            out[f"{role}_{model}"] = extract(tiny_models[model], split, tmp_path / f"{model}_{name}.zarr",
+                                             sender_prompt=sst2_like_task["prompts"]["sender"], layers=[1],
+                                             storage_dtype="float32", batch_size=4, device=torch.device("cpu"),
+                                             dtype=torch.float32, kv_cache=True)
+    return out
+
+
+def test_a_direction_trains_and_is_scored_with_its_controls(tiny_models, sst2_like_task, stores, tmp_path):
+    tasks = {"toy": {"task": sst2_like_task, "split": stores["train_split"], "sender_store": stores["train_sender"],
+                     "receiver_store": stores["train_receiver"]}}
+    config = {"steps": 4, "batch": 4, "lr": 1e-3, "warmup": 1, "transform": {"layer_window": 3}}
+    out = train_job(tiny_models["sender"], tiny_models["receiver"], tasks, PROMPTS, config, 0, tmp_path / "run")
+    record = json.loads((out / "record.json").read_text())
+    error = record["phase1"]["toy"]
+    assert error["key_relative_error"] < 1 and error["value_relative_error"] < 1     # better than a zero cache
+    assert [p["step"] for p in record["curve"]] == [1, 2, 3, 4]
+    assert {p["mode"] for p in record["curve"]} == {"unaware", "aware"}             # joint: both prompts
+
+    result = evaluate_job(out, tiny_models["sender"], tiny_models["receiver"], "toy", sst2_like_task,
+                          stores["eval_split"], stores["eval_sender"], PROMPTS, tmp_path / "toy.csv",
+                          base={"sender": "sender", "receiver": "receiver", "bridge": "dense", "fingerprint": "f"},
+                          seed=0, keep_fractions=[0.5])
+    rows = pd.read_csv(result)
+    accuracy = rows[rows.metric == "accuracy"]
+    runs = set(zip(accuracy.method, accuracy.variant.fillna("")))
+    for mode in ("unaware", "aware"):
+        assert {(f"cache_{mode}", v) for v in ("", "shuffled_source", "zero_source", "keep_0.5")} <= runs
+        assert (f"alone_{mode}", "") in runs
+    assert set(accuracy.n) == {8}                                                  # every method, the same rows
+    predictions = pd.read_csv(predictions_path(result))
+    assert predictions.groupby(["method", "variant"], dropna=False).example.apply(sorted).map(tuple).nunique() == 1
+    assert int(rows[rows.metric == "trainable_parameters"].value.iloc[0]) == record["trainable_parameters"]
+
+
+def test_bad_run_settings_name_the_key():
+    with pytest.raises(ConfigError, match="phases"):
+        DenseRunConfig.from_dict({"phases": ["pretraining"]})
+    with pytest.raises(ConfigError, match="unknown key"):
+        DenseRunConfig.from_dict({"stepz": 3})
+    with pytest.raises(ConfigError, match="odd"):
+        DenseRunConfig.from_dict({"transform": {"layer_window": 2}})
