@@ -54,6 +54,15 @@ def test_smoke_study_has_every_kind_of_run(smoke):
         assert f"figures/{name}.png" in figures
 
 
+def test_token_scaling_reuses_the_main_bridge_at_its_own_m(smoke):
+    """M = the main bridge's num_queries (4 in smoke) is the main run, not a second identical run."""
+    runs = {r["bridge"] for r in study.bridge_runs(smoke)}
+    assert "perceiver~num_queries=2" in runs and "perceiver~num_queries=4" not in runs
+    view = study.study_view(smoke)
+    assert view["main_num_queries"] == 4
+    assert study.token_scaling_names(view) == ["perceiver~num_queries=2", "perceiver"]
+
+
 def test_extraction_stores_every_layer_a_run_reads(smoke):
     assert study.extract_layers(smoke, "tiny_llama", "sst2") == [1, 2]   # the source-layer sweep point
     assert study.extract_layers(smoke, "tiny_gemma3", "sst2") == [2]

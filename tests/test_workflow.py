@@ -123,6 +123,9 @@ def test_smoke_baselines_and_n_match_the_split_files(smoke_run):
                            ("table4_finetuning", "LoRA"), ("table3_latency", "latency_sender_encode_seconds"),
                            ("table5_throughput", "batch16"), ("table9_reasoning", "piqa")]:
         assert expected in (smoke_run / f"figures/{name}.md").read_text(), name
+    token_rows = [line.split("|")[1].strip() for line in (smoke_run / "figures/table7_token_scaling.md")
+                  .read_text().splitlines() if line.startswith("|") and line.split("|")[1].strip().isdigit()]
+    assert token_rows == ["2", "4"]   # M = 4 is the main perceiver run itself
     stores = list((smoke_run / "data/activations/tiny_llama/sst2").glob("*.zarr"))
     assert sorted(p.name for p in stores) == ["train.zarr", "validation.zarr"]
 

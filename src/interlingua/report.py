@@ -425,17 +425,21 @@ def table1_architectures(results_path, out_prefix, study: dict) -> None:
         paired_notes(results_path, rows))
 
 
-def _variant_value(bridge: str, key: str):
+def _variant_value(bridge: str, key: str, study: dict):
+    """A sweep variant's value of `key`; the main bridge's own for the main bridge (its M for table 7)."""
     from .study import parse_variant
+    if bridge == study["bridges"][0]:
+        return study.get(f"main_{key}")
     return parse_variant(bridge)[1].get(key)
 
 
 def table7_token_scaling(results_path, out_prefix, study: dict) -> None:
     """Accuracy against the number of soft tokens M (first pair)."""
-    section, main = study["token_scaling"], study["bridges"][0]
-    names = [f"{main}~num_queries={m}" for m in section["num_queries"]]
+    from .study import token_scaling_names
+    section, names = study["token_scaling"], token_scaling_names(study)
     rows, dropped = _sweep_rows(read_results(results_path), study, section["tasks"], names)
-    wide, unequal = _by_bridge(rows[rows.variant == ""], "soft tokens M", lambda b: _variant_value(b, "num_queries"))
+    wide, unequal = _by_bridge(rows[rows.variant == ""], "soft tokens M",
+                               lambda b: _variant_value(b, "num_queries", study))
     write_table(wide.sort_index(), out_prefix, _caption(
         f"Table 7: accuracy against the number of soft tokens M, seeds {study['sweep_seeds']}; n = evaluation "
         "rows scored.", unequal, dropped), "token_scaling")
@@ -443,11 +447,11 @@ def table7_token_scaling(results_path, out_prefix, study: dict) -> None:
 
 def fig5_token_scaling(results_path, out_prefix, study: dict) -> None:
     """Accuracy against the number of soft tokens M, one line per task."""
-    section, main = study["token_scaling"], study["bridges"][0]
-    names = [f"{main}~num_queries={m}" for m in section["num_queries"]]
+    from .study import token_scaling_names
+    section, names = study["token_scaling"], token_scaling_names(study)
     rows, dropped = _sweep_rows(read_results(results_path), study, section["tasks"], names)
     rows = rows[(rows.variant == "") & (rows.metric == "accuracy")].copy()
-    rows["M"] = rows.bridge.map(lambda b: _variant_value(b, "num_queries"))
+    rows["M"] = rows.bridge.map(lambda b: _variant_value(b, "num_queries", study))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         for task, part in rows.groupby("task"):

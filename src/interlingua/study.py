@@ -70,10 +70,25 @@ def finetune_spec(config: dict, method: str) -> dict:
 
 
 # -- what each experiment needs ---------------------------------------------------------------
+def token_scaling_names(study: dict) -> list[str]:
+    """Table 7's bridge names: the main bridge itself where M is its own `num_queries` (one run, not two
+    identical ones under two names), `<main>~num_queries=M` elsewhere. `study["main_num_queries"]` is the main
+    bridge's M (study_view adds it)."""
+    main = study["bridges"][0]
+    return [main if m == study.get("main_num_queries") else variant_name(main, num_queries=m)
+            for m in study["token_scaling"]["num_queries"]]
+
+
+def study_view(config: dict) -> dict:
+    """The `study` section plus what the reports need from elsewhere in the config: the main bridge's M."""
+    main = config["study"]["bridges"][0]
+    return {**config["study"], "main_num_queries": config["bridges"].get(main, {}).get("num_queries")}
+
+
 def sweep_variants(study: dict) -> dict[str, list[str]]:
     """{experiment: [bridge variant names]} for the single-pair sweeps (tables 1, 7, 10)."""
     main = study["bridges"][0]
-    token = [variant_name(main, num_queries=m) for m in study["token_scaling"]["num_queries"]]
+    token = token_scaling_names(study)
     hyper = [variant_name(main, **{key: value}) for key, values in study["hyperparameters"]["sweep"].items()
              for value in values]
     return {"ablation": list(study["ablation"]["bridges"]), "token_scaling": token, "hyperparameters": hyper}
@@ -89,7 +104,7 @@ def bridge_runs(config: dict) -> list[dict]:
                 runs += [dict(pair_key(pair), bridge=b, task=task, seed=s) for b in study["bridges"]
                          for s in pair.get("seeds", study["seeds"])]
     first = pair_key(study["pairs"][0])
-    variants = sweep_variants(study)
+    variants = sweep_variants(study_view(config))
     sweeps = [("ablation", study["ablation"]["tasks"]), ("token_scaling", study["token_scaling"]["tasks"]),
               ("hyperparameters", study["hyperparameters"]["tasks"])]
     for experiment, tasks in sweeps:

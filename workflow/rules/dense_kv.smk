@@ -100,8 +100,10 @@ rule dense_train:
 
 def dense_eval_request(w):
     d = dense_direction(w.direction)
+    method = w.variant == "both"
     return {"runtime": runtime(), "run": dense_train_request(w), "task": prompt_spec(config["tasks"][w.task]),
-            "prompts": DENSE.get("prompts", {}), "keep_fractions": DENSE.get("keep_fractions", []),
+            "prompts": DENSE.get("prompts", {}), "keep_fractions": DENSE.get("keep_fractions", []) if method else [],
+            "alone": method and int(w.seed) == d["seeds"][0],
             "store": dense_store_request(d["sender"], w.task, "eval"), "batch_size": config["evaluate"]["batch_size"],
             "code": code("dense-evaluate")}
 
@@ -145,12 +147,18 @@ def dense_results():
             for t in dense_plan.eval_tasks(config)]
 
 
+def dense_report_inputs(w):
+    """Every scored run and study 1's baselines, ancient() unless the job writing them reruns now (its params
+    differ from its record): a `dvc pull` restores them with new timestamps and must not rerun the report."""
+    baselines = [f"results/{kind}/{t}.csv" for kind in ("majority", "random") for t in dense_plan.eval_tasks(config)]
+    return {"results": [unless_rerun(p, producer_params(p)["spec"]) for p in dense_results()],
+            "baselines": [unless_rerun(p, producer_params(p)["spec"]) for p in baselines]}
+
+
 rule dense_report:
     """Every table and figure of study 3 from its scored runs (and study 1's majority and random baselines)."""
     input:
-        results=dense_results(),
-        majority=lambda w: [f"results/majority/{t}.csv" for t in dense_plan.eval_tasks(config)],
-        random=lambda w: [f"results/random/{t}.csv" for t in dense_plan.eval_tasks(config)],
+        unpack(dense_report_inputs),
     output:
         dense_plan.figures(config),
     params:

@@ -21,7 +21,7 @@ rule collect_results:
 
 def report_spec():
     """What the tables select by: the study section, and the k-shot (and relay) seeds it planned."""
-    return spec(study=STUDY, few_shot_seeds=config["few_shot"]["seeds"])
+    return spec(study=study_plan.study_view(config), few_shot_seeds=config["few_shot"]["seeds"])
 
 
 rule report:

@@ -6,6 +6,9 @@ on the out-of-domain `ood` tasks it never saw:
     results/dense_kv/<direction>/<variant>/seed<seed>/transform.pt, <task>.csv
 Variants: `both` (phase 1 then phase 2: the method, every direction and seed) and, on the `headline`
 direction's first seed, the phase ablation `phase1` (reconstruction only) and `phase2` (generation only).
+Every run is scored with its shuffled and zero controls; the kept-fraction sweep only in `both` runs, and the
+no-communication rows (the receiver alone: they do not depend on the run) once per direction, in the run of
+`both` with its first seed.
 Stores (KV caches with character spans, `extract` with kv_cache and layer 0 only):
     data/dense_kv/stores/<model>/<task>/<split>.zarr
 the sender's of every scored task's train (trained tasks) and eval splits, the receiver's of the trained
