@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,10 +82,17 @@ def test_smoke_dag_runs_study_3(smoke_run):
         rows = pd.read_csv(smoke_run / dense_plan.run_dir(direction, variant, seed) / "sst2.csv", keep_default_na=False)
         accuracy = rows[rows.metric == "accuracy"]
         assert (accuracy.n == len(labels)).all()
-        for mode in ("unaware", "aware"):
-            assert {"", "shuffled_source", "zero_source", "keep_0.5"} <= set(accuracy[accuracy.method == f"cache_{mode}"].variant)
+        for mode in ("unaware", "aware"):   # the kept-fraction sweep in the method's runs, controls in every run
+            variants = set(accuracy[accuracy.method == f"cache_{mode}"].variant)
+            assert {"", "shuffled_source", "zero_source"} <= variants
+            assert ("keep_0.5" in variants) == (variant == "both")
+        flops = rows[rows.metric == "flops_per_example"]
+        assert set(flops.method) >= {"cache_unaware", "cache_aware"} and (flops.value > 0).all()
     table = (smoke_run / "figures/dense_kv/table_main.md").read_text()
     assert "tiny_llama -> tiny_gemma3 / piqa (ood) / aware" in table and "p vs shuffled" in table
+    # text communication: study 1's relay of the same pair, priced in FLOPs beside the cache
+    assert "text/cache" in table and re.search(r"\d+\.\dx", table)
+    assert "smollm2" not in table and not (smoke_run / "results/dense_kv/smollm2_gemma3").exists()
     assert "phase 2 only" in (smoke_run / "figures/dense_kv/table_phases.md").read_text()
 
 

@@ -265,11 +265,10 @@ class Receiver:
         example, about 50x slower on CPU, backward included.
         """
         hidden = self._forward(prompt)[0].last_hidden_state                          # (B, T, d)
-        if isinstance(prompt.prefix, KVBlock) and not bool(prompt.mask.bool().all()):
-            # After a KVBlock the prompt is right-padded: each row's last real token, one per row.
-            if keep != 1:
-                raise DataError("after a KVBlock prefix, prompts of different lengths are scored at their last "
-                                "token only (class scores, label loss); pad nothing to score targets")
+        if keep == 1 and isinstance(prompt.prefix, KVBlock) and not bool(prompt.mask.bool().all()):
+            # After a KVBlock the prompt is right-padded: each row's last real token, one per row. (keep > 1 is
+            # target_logprobs' path: a prompt of one length, then right-padded targets, scored where valid;
+            # a ragged prompt with targets goes through _ragged_target_hidden instead.)
             last = prompt.mask.sum(1) - 1                                             # (B,)
             return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
         return hidden[:, -keep:].reshape(-1, hidden.shape[-1])                       # (B*keep, d)

@@ -147,12 +147,23 @@ def dense_results():
             for t in dense_plan.eval_tasks(config)]
 
 
+def dense_relay(direction, task, path_of):
+    """A study-1 relay file of this direction and task, ancient() unless the study-1 job writing it reruns."""
+    path = path_of(dense_direction(direction), task)
+    return unless_rerun(path, producer_params(path)["spec"])
+
+
 def dense_report_inputs(w):
     """Every scored run and study 1's baselines, ancient() unless the job writing them reruns now (its params
     differ from its record): a `dvc pull` restores them with new timestamps and must not rerun the report."""
     baselines = [f"results/{kind}/{t}.csv" for kind in ("majority", "random") for t in dense_plan.eval_tasks(config)]
+    bridges = sorted({p for paths in dense_plan.bridge_results(config).values() for p in paths})
     return {"results": [unless_rerun(p, producer_params(p)["spec"]) for p in dense_results()],
-            "baselines": [unless_rerun(p, producer_params(p)["spec"]) for p in baselines]}
+            "baselines": [unless_rerun(p, producer_params(p)["spec"]) for p in baselines + bridges],
+            "relays": [dense_relay(d, t, f) for d, t in dense_plan.text_runs(config)
+                       for f in (dense_plan.relay_messages, dense_plan.relay_result)],
+            "models": [model_input(m) for d in dense_plan.directions(config).values()
+                       for m in (d["sender"], d["receiver"])]}
 
 
 rule dense_report:
@@ -163,7 +174,10 @@ rule dense_report:
         dense_plan.figures(config),
     params:
         spec=lambda w: spec(config={"dense_kv": DENSE, "tasks": {t: prompt_spec(config["tasks"][t])
-                                                                  for t in dense_plan.eval_tasks(config)}}),
+                                                                  for t in dense_plan.eval_tasks(config)},
+                                    "text_runs": dense_plan.text_runs(config),
+                                    "bridge_results": [[d, t, paths] for (d, t), paths
+                                                       in sorted(dense_plan.bridge_results(config).items())]}),
         code=code("dense-report"),
     log:
         "logs/dense_kv/report.log",

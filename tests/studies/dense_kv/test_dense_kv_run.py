@@ -58,6 +58,34 @@ def test_a_direction_trains_and_is_scored_with_its_controls(tiny_models, sst2_li
     predictions = pd.read_csv(predictions_path(result))
     assert predictions.groupby(["method", "variant"], dropna=False).example.apply(sorted).map(tuple).nunique() == 1
     assert int(rows[rows.metric == "trainable_parameters"].value.iloc[0]) == record["trainable_parameters"]
+    flops = rows[rows.metric == "flops_per_example"].set_index("method").value
+    for mode in ("unaware", "aware"):   # the cache path prices the sender's reading, the map and the receiver
+        parts = rows[(rows.method == f"cache_{mode}") & rows.metric.str.endswith("_flops_per_example")].value
+        assert flops[f"cache_{mode}"] == pytest.approx(parts.sum()) and flops[f"cache_{mode}"] > flops[f"alone_{mode}"]
+    assert flops["alone_aware"] > flops["alone_unaware"]                           # aware reads the input too
+
+
+def test_text_communication_is_priced_from_the_relay_rows(tiny_models, sst2_like_task, tmp_path):
+    """Study 1's relay accuracy rows, with the generation and the receiver's reading priced in FLOPs."""
+    from interlingua.studies.dense_kv.compute import generation_flops
+    from interlingua.studies.dense_kv.text import text_rows
+    from interlingua.zoo import load_config
+
+    messages = tmp_path / "relay.jsonl"
+    messages.write_text("\n".join(json.dumps({"index": i, "relay": "a fine film", "generated_tokens": g,
+                                              "input_tokens": 12, "seconds": 0.1, "finished": True})
+                                  for i, g in enumerate([4, 8])) + "\n")
+    result = tmp_path / "relay.csv"
+    pd.DataFrame([{"task": "toy", "method": "text_relay", "variant": "", "sender": "s", "receiver": "r",
+                   "bridge": "", "seed": 0, "metric": "accuracy", "value": 0.5, "n": 2, "fingerprint": "f"}]
+                 ).to_csv(result, index=False)
+    out = text_rows(messages, result, tiny_models["sender"], tiny_models["receiver"], sst2_like_task
+                    ).set_index("metric").value
+    config = load_config(tiny_models["sender"])
+    sender = (generation_flops(config, 12, 4) + generation_flops(config, 12, 8)) / 2
+    assert out["sender_flops_per_example"] == pytest.approx(sender)
+    assert out["flops_per_example"] == pytest.approx(sender + out["receiver_flops_per_example"])
+    assert out["accuracy"] == 0.5 and out["generated_tokens"] == 6
 
 
 def test_bad_run_settings_name_the_key():

@@ -32,6 +32,7 @@ class Example:
     positions: torch.Tensor  # (R,) receiver positions of the transferred entries
     prompt_ids: dict         # mode -> receiver token ids read after the cache
     text_chars: int          # characters of the sender string (compute accounting)
+    sender_tokens: int       # tokens the sender read (compute accounting)
 
 
 @dataclass
@@ -89,7 +90,8 @@ def load_task(task_name: str, task: dict, split_path, store_path, sender, receiv
                 raise ConfigError(f"prompt {template!r} for task {task_name} ({mode}) names {missing}, which the "
                                   f"split's rows do not have (their parts: {sorted(fields)})") from None
             prompt_ids[mode] = receiver_tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        examples.append(Example(row, index, int(example["label"]), weights, positions, prompt_ids, len(string)))
+        examples.append(Example(row, index, int(example["label"]), weights, positions, prompt_ids, len(string),
+                                len(s_spans)))
     if len(firsts) != 1:
         raise DataError(f"{task_name}: the receiver's first token differs between rows ({sorted(firsts)[:4]}); "
                         f"it is the receiver's own attention sink and must be the same (a <bos>, or a fixed frame)")

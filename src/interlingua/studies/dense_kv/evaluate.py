@@ -22,6 +22,7 @@ from ...channels.kv.cache import KVBlock, concat
 from ...evaluate import rows_for
 from ...receiver import Receiver
 from ...runtime import derangement
+from .compute import cache_transfer_flops, forward_flops
 from .data import MODES, TaskData
 from .train import Ends, after, transferred
 
@@ -85,6 +86,7 @@ def evaluate_task(transform, data: TaskData, receiver: Receiver, ends: Ends, *, 
                 key = (method, variant)
                 predictions.setdefault(key, torch.empty(n, dtype=torch.long))[index] = predicted
                 seconds[key] = seconds.get(key, 0.0) + elapsed
+    flops = example_flops(transform, data, receiver, ends, modes)
     rows = []
     for (method, variant), predicted in predictions.items():
         run = dict(base, task=data.name, method=method, seed=seed if method.startswith("cache") else 0)
@@ -92,4 +94,27 @@ def evaluate_task(transform, data: TaskData, receiver: Receiver, ends: Ends, *, 
             run["bridge"] = ""
         rows += rows_for(run, predicted, labels, seconds[(method, variant)], variant,
                          examples=[e.example for e in examples], split=data.split)
+        if variant == "":
+            rows += [dict(run, variant="", n=n, metric=metric, value=value)
+                     for metric, value in flops[method].items()]
     return rows
+
+
+def example_flops(transform, data: TaskData, receiver: Receiver, ends: Ends, modes) -> dict[str, dict]:
+    """Mean analytic FLOPs per example (compute.py) of each method: {method: {metric: value}}. The cache path:
+    the sender reads the input, the transformation maps the aligned positions, the receiver reads its prompt
+    after them and its sink; no communication: the receiver's prompt after its sink."""
+    s_config, r_config = ends.sender_config, receiver.model.config
+    classes = len(data.task["verbalizers"])
+    out = {}
+    for mode in modes:
+        parts = [cache_transfer_flops(s_config, r_config, transform, sender_tokens=e.sender_tokens,
+                                      transferred=int(e.positions.numel()), prompt_tokens=len(e.prompt_ids[mode]),
+                                      classes=classes) for e in data.examples]
+        mean = lambda key: sum(p[key] for p in parts) / len(parts)  # noqa: E731
+        out[f"cache_{mode}"] = {"flops_per_example": mean("total"), "sender_flops_per_example": mean("sender"),
+                                "transform_flops_per_example": mean("transform"),
+                                "receiver_flops_per_example": mean("receiver")}
+        alone = [forward_flops(r_config, len(e.prompt_ids[mode]), 1, classes) for e in data.examples]
+        out[f"alone_{mode}"] = {"flops_per_example": sum(alone) / len(alone)}
+    return out

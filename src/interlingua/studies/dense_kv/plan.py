@@ -30,14 +30,14 @@ def section(config: dict) -> dict:
 
 
 def enabled(config: dict) -> bool:
-    return bool(section(config).get("directions"))
+    return bool(directions(config))
 
 
 def directions(config: dict) -> dict[str, dict]:
     dense = section(config)
     default = dense.get("seeds", [0])
     return {name: {"sender": d["sender"], "receiver": d["receiver"], "seeds": list(d.get("seeds", default))}
-            for name, d in dense.get("directions", {}).items()}
+            for name, d in dense.get("directions", {}).items() if d is not None}   # null: removed by an overlay
 
 
 def train_tasks(config: dict) -> list[str]:
@@ -60,6 +60,41 @@ def runs(config: dict) -> list[tuple[str, str, int]]:
         seed = directions(config)[headline]["seeds"][0]
         out += [(headline, "phase1", seed), (headline, "phase2", seed)]
     return out
+
+
+def text_runs(config: dict) -> list[tuple[str, str]]:
+    """(direction, task) of every scored task whose text communication study 1 runs (its text relay of the
+    same sender and receiver on the same eval rows): study 3 prices it and puts it beside the cache."""
+    from ...study import study_results
+
+    planned = set(study_results(config)) if config.get("study") else set()
+    return [(name, task) for name, d in directions(config).items() for task in eval_tasks(config)
+            if relay_result(d, task) in planned]
+
+
+def relay_result(direction: dict, task: str) -> str:
+    return f"results/relay/text_relay/{direction['sender']}/{direction['receiver']}/{task}.csv"
+
+
+def relay_messages(direction: dict, task: str) -> str:
+    return f"data/relay/text_relay/{direction['sender']}/{task}.jsonl"
+
+
+def bridge_results(config: dict) -> dict[tuple[str, str], list[str]]:
+    """{(direction, task): study 1's LatentWire bridge results of the same sender, receiver and task (its main
+    bridge, every seed it runs)}, for the scored tasks study 1 trains a bridge on."""
+    from ...study import bridge_result, bridge_runs
+
+    if not config.get("study"):
+        return {}
+    main = config["study"]["bridges"][0]
+    out = {}
+    for run in bridge_runs(config):
+        for name, d in directions(config).items():
+            if (run["bridge"], run["sender"], run["receiver"]) == (main, d["sender"], d["receiver"]) \
+                    and run["task"] in eval_tasks(config):
+                out.setdefault((name, run["task"]), set()).add(bridge_result(run))
+    return {key: sorted(paths) for key, paths in out.items()}
 
 
 def run_config(config: dict, variant: str) -> dict:

@@ -69,8 +69,40 @@ def paired_p(preds: pd.DataFrame, direction: str, variant: str, task: str, mode:
     return mcnemar(pick(""), pick(control))["p_value"]
 
 
+def text_communication(config: dict) -> dict[tuple[str, str], pd.DataFrame]:
+    """{(direction, task): study 1's text relay rows, priced in FLOPs (text.py)} where study 1 runs it
+    (`config["text_runs"]`: plan.text_runs of the whole config, which the workflow passes)."""
+    from .text import text_rows
+
+    out = {}
+    for direction, task in config.get("text_runs", []):
+        d = plan.directions(config)[direction]
+        out[(direction, task)] = text_rows(plan.relay_messages(d, task), plan.relay_result(d, task),
+                                           f"data/models/{d['sender']}", f"data/models/{d['receiver']}",
+                                           config["tasks"][task])
+    return out
+
+
+def bridge_accuracy(config: dict) -> dict[tuple[str, str], pd.DataFrame]:
+    """{(direction, task): study 1's LatentWire bridge accuracy rows (bridge with the source, every seed)};
+    `config["bridge_results"]`: [direction, task, paths] of plan.bridge_results, which the workflow passes."""
+    out = {}
+    for direction, task, paths in config.get("bridge_results", []):
+        key = (direction, task)
+        rows = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+        rows["variant"] = rows["variant"].fillna("")
+        out[key] = rows[(rows.metric == "accuracy") & (rows.variant == "")]
+    return out
+
+
+def _metric(frame, metric: str) -> float | None:
+    values = frame[frame.metric == metric].value
+    return float(values.mean()) if len(values) else None
+
+
 def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
     records, notes = [], []
+    texts, bridges = text_communication(config), bridge_accuracy(config)
     seeds = {}
     for direction, variant, seed in plan.runs(config):
         if variant == "both":
@@ -95,15 +127,44 @@ def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
                     "random": f"{base['random'][0]:.3f} (n={base['random'][1]})" if "random" in base else "not run",
                     "p vs shuffled (per seed)": ", ".join(f"{p:.2g}" for p in ps),
                     "counts": "yes" if beats else "no"})
+                costs = frame[(frame.direction == direction) & (frame.run_variant == "both") & (frame.task == task)
+                              & (frame.method == f"cache_{mode}") & (frame.variant == "")]
+                records[-1].update(_communication_cells(costs, texts.get((direction, task)),
+                                                        bridges.get((direction, task)), mode))
     table = pd.DataFrame(records).set_index(["direction", "task", "mode"])
     notes.append("transfer: the receiver with the sender's transformed cache before its prompt; shuffled: another "
                  "example's transformed cache; zero: the receiver's own sink, then zeros; no communication: the "
                  "receiver alone (unaware: the question only; aware: it reads the input). `counts`: the transfer "
                  "beats its shuffled control by McNemar's exact test, p < 0.05, for every seed.")
+    notes.append("text: study 1's text relay of the same sender and receiver on the same rows (the sender writes a "
+                 "message under its chat template, greedy, ending at its first complete answer; the receiver reads it "
+                 "after 5 demonstrations), in the aware rows only (the receiver does not read the input). GFLOP: "
+                 "analytic FLOPs per example (studies/dense_kv/compute.py): cache = the sender's reading + the "
+                 "transformation + the receiver's prompt after the transferred cache; text = the sender's prompt and "
+                 "generation + the receiver's reading of the message (its demonstrations left out: text's cost is "
+                 "counted low). text/cache: the ratio. LatentWire: study 1's soft-token bridge (trained per task) of "
+                 "the same direction, every seed it ran; not run where study 1 does not train it.")
     notes.append(f"seeds per direction: {json.dumps(seeds)}; majority and random: study 1's baselines on the same rows")
     out = out_dir / "table_main"
     write_table(table, out, "Dense KV transfer: accuracy, mean ± std over seeds (n = eval rows)", "dense_main", notes)
     return out.with_suffix(".md")
+
+
+def _communication_cells(cache, text, bridge, mode: str) -> dict:
+    """Compute of the cache path, and text communication and the LatentWire bridge beside it (aware rows)."""
+    flops = _metric(cache, "flops_per_example")
+    cells = {"cache GFLOP": f"{flops / 1e9:.2f}" if flops else "n/a"}
+    if mode != "aware":
+        return cells | {"text": "", "text GFLOP": "", "text/cache": "", "LatentWire": ""}
+    if text is None:
+        cells |= {"text": "not run", "text GFLOP": "", "text/cache": ""}
+    else:
+        accuracy = text[text.metric == "accuracy"]
+        text_flops = _metric(text, "flops_per_example")
+        cells |= {"text": _cell(accuracy.value, int(accuracy.n.iloc[0])), "text GFLOP": f"{text_flops / 1e9:.2f}",
+                  "text/cache": f"{text_flops / flops:.1f}x" if flops else "n/a"}
+    cells["LatentWire"] = "not run" if bridge is None or bridge.empty else _cell(bridge.value, int(bridge.n.iloc[0]))
+    return cells
 
 
 def phase_table(config: dict, frame, out_dir: Path) -> Path | None:

@@ -39,6 +39,7 @@ class Ends:
 
     def __init__(self, sender_config, receiver_model, receiver_tokenizer):
         self.sender = Endpoint(None, rotary_specs(sender_config), None)
+        self.sender_config = sender_config
         self.model, self.tokenizer = receiver_model, receiver_tokenizer
         self._receivers: dict[int, Endpoint] = {}
 
@@ -190,7 +191,7 @@ def phase2(transform: DenseTransform, tasks: dict[str, TaskData], ends: Ends, co
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         scheduler.step()
-        curve.append({"step": step + 1, "task": name, "mode": mode, "loss": float(loss)})
+        curve.append({"step": step + 1, "task": name, "mode": mode, "loss": float(loss.detach())})
         bar.set_postfix(loss=f"{float(loss):.3f}")
         done = step + 1
         if done % config.checkpoint_every == 0 and done < config.steps:
