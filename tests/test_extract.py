@@ -189,3 +189,19 @@ def test_a_row_longer_than_max_tokens_is_cut_and_counted(tiny_models, sst2_like_
     assert bound - 8 < lengths[1] <= bound                                           # cut to the budget
     fp = extraction_fingerprint("m", "t", "{text}", [1], "bfloat16", "float32", max_tokens=2048)
     assert extraction_fingerprint("m", "t", "{text}", [1], "bfloat16", "float32", max_tokens=64) != fp
+
+
+def test_a_row_limit_stores_the_first_rows_and_is_part_of_the_request(tiny_models, sst2_like_task, toy_mirror,
+                                                                      tmp_path):
+    """Study 3 reads fewer training rows than the split holds: the store keeps the first `limit` rows (their
+    positions in the split), and a store of another limit is not taken for it."""
+    split = _split(tmp_path, sst2_like_task, toy_mirror)
+    kwargs = dict(sender_prompt="Review: {text}", storage_dtype="float32", batch_size=4, layers=[1],
+                  device=torch.device("cpu"), dtype=torch.float32)
+    full = ActivationStore(extract(tiny_models["sender"], split, tmp_path / "full.zarr", **kwargs))
+    out = extract(tiny_models["sender"], split, tmp_path / "s.zarr", limit=3, **kwargs)
+    store = ActivationStore(out)
+    assert len(store) == 3 and sorted(int(i) for i in store.example_index) == [0, 1, 2]
+    assert store.manifest["row_limit"] == 3 and store.manifest["fingerprint"] != full.manifest["fingerprint"]
+    extract(tiny_models["sender"], split, out, limit=5, **kwargs)              # another limit: re-extracted
+    assert len(ActivationStore(out)) == 5

@@ -51,7 +51,7 @@ def cmd_extract(args):
                     storage_dtype=ex["storage_dtype"], kv_cache=ex.get("kv_cache", False),
                     batch_size=args.batch_size, shard_tokens=args.shard_tokens, chunk_tokens=args.chunk_tokens,
                     device=device, dtype=dtype, model_alias=args.alias, code=spec.get("code", ""),
-                    **({"max_tokens": spec["max_tokens"]} if "max_tokens" in spec else {}))
+                    limit=ex.get("rows"), **({"max_tokens": spec["max_tokens"]} if "max_tokens" in spec else {}))
     if args.receipt:
         write_receipt(store, args.receipt, request=spec)
 

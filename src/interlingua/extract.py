@@ -25,7 +25,7 @@ from .tasks import DEFAULT_MAX_TOKENS, fit_examples, read_split
 
 def extraction_fingerprint(model_fp: str, task_sha: str, sender_prompt: str, layers, storage_dtype: str,
                            compute_dtype: str, kv_cache: bool = False, max_tokens: int | None = None,
-                           code: str = "") -> str:
+                           code: str = "", row_limit: int | None = None) -> str:
     """`code`: the hash of the extraction code (the workflow's `code` param), so edited code never reuses
     or resumes a store written by the old one."""
     content = {"model": model_fp, "task": task_sha, "prompt": sender_prompt, "layers": sorted(layers),
@@ -36,6 +36,8 @@ def extraction_fingerprint(model_fp: str, task_sha: str, sender_prompt: str, lay
         content["kv_cache"] = True
     if code:
         content["code"] = code
+    if row_limit is not None:
+        content["row_limit"] = row_limit
     return fingerprint(content)
 
 
@@ -127,11 +129,14 @@ def store_covers(path: Path, fingerprint_request: dict) -> bool:
 def extract(model_dir: str | Path, split_path: str | Path, out_path: str | Path, *, sender_prompt: str,
             layers: list[int], storage_dtype: str, batch_size: int, device, dtype, kv_cache: bool = False,
             shard_tokens: int = 65536, chunk_tokens: int = 1024, model_alias: str = "",
-            max_tokens: int = DEFAULT_MAX_TOKENS, code: str = "") -> Path:
-    """Store the sender's states of every row; a row's text is cut to `max_tokens` tokens (and the
-    model's positions), the count recorded in the manifest (`truncated_rows`)."""
+            max_tokens: int = DEFAULT_MAX_TOKENS, code: str = "", limit: int | None = None) -> Path:
+    """Store the sender's states of every row (of the first `limit` rows: a study that reads fewer, e.g.
+    study 3's training rows); a row's text is cut to `max_tokens` tokens (and the model's positions), the
+    count recorded in the manifest (`truncated_rows`)."""
     out_path = Path(out_path)
     rows, task_meta = read_split(split_path)
+    if limit is not None:
+        rows = rows[:limit]
     model_meta = zoo.read_manifest(model_dir)
     layers = sorted(layers)
     check_layers(layers, zoo.load_config(model_dir).num_hidden_layers, f"model {model_alias or model_dir}")
@@ -140,6 +145,8 @@ def extract(model_dir: str | Path, split_path: str | Path, out_path: str | Path,
                "sender_prompt": sender_prompt, "storage_dtype": storage_dtype, "compute_dtype": compute,
                "format_version": STORE_FORMAT_VERSION, "layers": layers, "kv_cache": kv_cache,
                "max_tokens": max_tokens}
+    if limit is not None:
+        request["row_limit"] = limit
     if code:
         request["code"] = code
     if store_covers(out_path, request):
@@ -175,7 +182,7 @@ def _extract(model_dir, rows, task_meta, model_meta, out_path, request, batch_si
                 arrays[key] = ((kv["num_kv_heads"], kv["head_dim"]), storage)
     key = extraction_fingerprint(request["model_fingerprint"], request["task_sha256"], sender_prompt, layers,
                                  storage, request["compute_dtype"], kv_cache, request["max_tokens"],
-                                 request.get("code", ""))
+                                 request.get("code", ""), request.get("row_limit"))
     writer = StoreWriter(out_path, key=key, lengths=[len(token_ids[i]) for i in order],
                          labels=[rows[i]["label"] for i in order], example_index=order, arrays=arrays,
                          shard_tokens=shard_tokens, chunk_tokens=chunk_tokens)

@@ -263,7 +263,7 @@ def require_intact(path: str | Path, request: dict | None = None) -> dict:
         expected = extraction_fingerprint(manifest["model_fingerprint"], manifest["task_sha256"],
                                           manifest["sender_prompt"], manifest["layers"], manifest["storage_dtype"],
                                           manifest["compute_dtype"], "kv" in manifest, manifest.get("max_tokens"),
-                                          manifest.get("code", ""))
+                                          manifest.get("code", ""), manifest.get("row_limit"))
         if expected != manifest["fingerprint"]:
             raise DataError(f"{path}: the manifest's fingerprint does not match its contents' description "
                             f"(edited or written by another version); delete the store and rerun extraction")

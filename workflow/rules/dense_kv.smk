@@ -10,7 +10,8 @@ def dense_store_request(model, task, role):
     return {"model": model_request(model), "task": task_request(task, role), "runtime": runtime(),
             "sender_prompt": config["tasks"][task]["prompts"]["sender"], "code": code("extract"),
             "max_tokens": config["tasks"][task]["max_tokens"],
-            "extract": {"layers": [0], "storage_dtype": config["extract"]["storage_dtype"], "kv_cache": True}}
+            "extract": {"layers": [0], "storage_dtype": config["extract"]["storage_dtype"], "kv_cache": True,
+                        **({"rows": DENSE["train_rows"]} if role == "train" and DENSE.get("train_rows") else {})}}
 
 
 def dense_store(model, task, role):

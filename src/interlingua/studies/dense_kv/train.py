@@ -192,7 +192,7 @@ def phase2(transform: DenseTransform, tasks: dict[str, TaskData], ends: Ends, co
         optimizer.step()
         scheduler.step()
         curve.append({"step": step + 1, "task": name, "mode": mode, "loss": float(loss.detach())})
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         done = step + 1
         if done % config.checkpoint_every == 0 and done < config.steps:
             atomic_save(resume, {"key": key, "step": done, "transform": transform.state_dict(),
