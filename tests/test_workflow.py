@@ -82,10 +82,12 @@ def test_smoke_dag_runs_study_3(smoke_run):
         rows = pd.read_csv(smoke_run / dense_plan.run_dir(direction, variant, seed) / "sst2.csv", keep_default_na=False)
         accuracy = rows[rows.metric == "accuracy"]
         assert (accuracy.n == len(labels)).all()
-        for mode in ("unaware", "aware"):   # the kept-fraction sweep in the method's runs, controls in every run
-            variants = set(accuracy[accuracy.method == f"cache_{mode}"].variant)
-            assert {"", "shuffled_source", "zero_source"} <= variants
-            assert ("keep_0.5" in variants) == (variant == "both")
+        first = variant == "both" and seed == dense_plan.directions(config)[direction]["seeds"][0]
+        for mode in ("unaware", "aware"):   # the shuffled control in every run; the zeroed cache, the receiver
+            variants = set(accuracy[accuracy.method == f"cache_{mode}"].variant)   # alone and the sweep once
+            assert {"", "shuffled_source"} <= variants and ("zero_source" in variants) == first
+            assert ("keep_0.5" in variants) == (first and direction == "llama_gemma3")
+            assert (f"alone_{mode}" in set(accuracy.method)) == first
         flops = rows[rows.metric == "flops_per_example"]
         assert set(flops.method) >= {"cache_unaware", "cache_aware"} and (flops.value > 0).all()
     table = (smoke_run / "figures/dense_kv/table_main.md").read_text()
@@ -271,6 +273,21 @@ def test_bad_data_stops_before_models_are_built(tmp_path):
     log = (tmp_path / "logs/materialize_task/sst2/train.log").read_text()
     assert "train.jsonl:2: label 5 is outside the label list" in log
     assert not (tmp_path / "data/models").exists() or not any((tmp_path / "data/models").iterdir())
+
+
+@pytest.mark.parametrize("name, trains", [("dense_kv_full", 8), ("dense_kv_paper", 6 * 3 + 2)])
+def test_study3_alternative_configs_plan(tmp_path, monkeypatch, name, trains):
+    """config/dense_kv_full.yaml (every direction, 3 seeds) and config/dense_kv_paper.yaml (Qwen3-4B/8B/14B, all
+    six directions, from the hub) validate and plan every study-3 step (`snakemake -n`; nothing runs, no hub)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = load_config(REPO / "params.yaml", REPO / f"config/{name}.yaml")
+    assert len(dense_plan.runs(config)) == trains
+    out = snakemake(tmp_path, "-n", "figures_dense_kv", "--configfile", str(REPO / f"config/{name}.yaml"),
+                    "--quiet", "rules").stdout
+    counts = {line.split()[0]: int(line.split()[-1]) for line in out.splitlines()
+              if line and line.split()[0].isidentifier() and line.split()[-1].isdigit()}
+    assert counts["dense_train"] == trains and counts["dense_report"] == 1
+    assert counts["dense_evaluate"] == trains * len(dense_plan.eval_tasks(config))
 
 
 @pytest.mark.parametrize("name", ["kv_full", "kv_paper"])

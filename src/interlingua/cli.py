@@ -306,7 +306,8 @@ def cmd_dense_evaluate(args):
             "bridge": args.variant, "fingerprint": f"{args.direction}:{fingerprint(request)[:16]}"}
     print(evaluate_job(args.run, args.sender_dir, args.receiver_dir, args.task, request["task"], args.split,
                        args.store, request["prompts"], args.out, base=base, seed=args.seed,
-                       keep_fractions=request.get("keep_fractions", []), alone=request.get("alone", True), device=device,
+                       keep_fractions=request.get("keep_fractions", []), alone=request.get("alone", True),
+                       zero=request.get("zero", True), device=device,
                        batch_size=request.get("batch_size", 16)))
 
 

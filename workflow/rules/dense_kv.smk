@@ -101,10 +101,9 @@ rule dense_train:
 
 def dense_eval_request(w):
     d = dense_direction(w.direction)
-    method = w.variant == "both"
     return {"runtime": runtime(), "run": dense_train_request(w), "task": prompt_spec(config["tasks"][w.task]),
-            "prompts": DENSE.get("prompts", {}), "keep_fractions": DENSE.get("keep_fractions", []) if method else [],
-            "alone": method and int(w.seed) == d["seeds"][0],
+            "prompts": DENSE.get("prompts", {}),
+            **dense_plan.eval_options(config, w.direction, w.variant, w.seed, w.task),
             "store": dense_store_request(d["sender"], w.task, "eval"), "batch_size": config["evaluate"]["batch_size"],
             "code": code("dense-evaluate")}
 

@@ -51,8 +51,12 @@ def most_attended(block: KVBlock, mass: torch.Tensor, fraction: float) -> KVBloc
 
 @torch.no_grad()
 def evaluate_task(transform, data: TaskData, receiver: Receiver, ends: Ends, *, base: dict, seed: int,
-                  keep_fractions=(), modes=MODES, batch_size: int = 16, alone: bool = True) -> list[dict]:
-    """Tidy result rows of one task: every mode, condition and control on the same examples."""
+                  keep_fractions=(), modes=MODES, batch_size: int = 16, alone: bool = True,
+                  zero: bool = True) -> list[dict]:
+    """Tidy result rows of one task: every mode, condition and control on the same examples. `alone` and
+    `zero` score the rows that do not depend on the trained transformation (no communication; the zeroed
+    cache: the receiver's sink, then zeros at the transferred positions), which a study scores once per
+    direction (plan.eval_options)."""
     examples = data.examples
     n = len(examples)
     labels = torch.tensor([e.label for e in examples])
@@ -68,8 +72,10 @@ def evaluate_task(transform, data: TaskData, receiver: Receiver, ends: Ends, *, 
         began = time.perf_counter()
         matched = transferred(transform, data, batch, ends)
         transfer_seconds = time.perf_counter() - began
-        conditions = {"": matched, "zero_source": zeroed(matched),
+        conditions = {"": matched,
                       "shuffled_source": transferred(transform, data, [examples[shuffled[i]] for i in index], ends)}
+        if zero:
+            conditions["zero_source"] = zeroed(matched)
         for mode in modes:
             ids = [e.prompt_ids[mode] for e in batch]
             runs = dict(conditions)

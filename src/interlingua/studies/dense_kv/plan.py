@@ -6,9 +6,9 @@ on the out-of-domain `ood` tasks it never saw:
     results/dense_kv/<direction>/<variant>/seed<seed>/transform.pt, <task>.csv
 Variants: `both` (phase 1 then phase 2: the method, every direction and seed) and, on the `headline`
 direction's first seed, the phase ablation `phase1` (reconstruction only) and `phase2` (generation only).
-Every run is scored with its shuffled and zero controls; the kept-fraction sweep only in `both` runs, and the
-no-communication rows (the receiver alone: they do not depend on the run) once per direction, in the run of
-`both` with its first seed.
+Every run is scored with its shuffled control; what does not depend on the trained transformation (the zeroed
+cache, the receiver alone) once per direction, in the run of `both` with its first seed; the kept-fraction
+sweep (the duality) in the headline direction's first `both` run, on the `duality_tasks` (eval_options).
 Stores (KV caches with character spans, `extract` with kv_cache and layer 0 only):
     data/dense_kv/stores/<model>/<task>/<split>.zarr
 the sender's of every scored task's train (trained tasks) and eval splits, the receiver's of the trained
@@ -97,6 +97,26 @@ def bridge_results(config: dict) -> dict[tuple[str, str], list[str]]:
     return {key: sorted(paths) for key, paths in out.items()}
 
 
+def headline(config: dict) -> str:
+    """The direction of the phase ablation and the duality sweep (default: the first direction)."""
+    return section(config).get("headline") or next(iter(directions(config)))
+
+
+def duality_tasks(config: dict) -> list[str]:
+    """The tasks of the kept-fraction sweep (default: the trained tasks)."""
+    return list(section(config).get("duality_tasks", train_tasks(config)))
+
+
+def eval_options(config: dict, direction: str, variant: str, seed: int, task: str) -> dict:
+    """What one run scores beyond the transfer and its shuffled control: the zeroed cache and the receiver
+    alone (they do not depend on the trained maps: once per direction, in its first `both` run) and the
+    kept fractions (the headline's first `both` run, on the duality tasks)."""
+    first = variant == "both" and int(seed) == directions(config)[direction]["seeds"][0]
+    sweep = first and direction == headline(config) and task in duality_tasks(config)
+    return {"alone": first, "zero": first,
+            "keep_fractions": list(section(config).get("keep_fractions", [])) if sweep else []}
+
+
 def run_config(config: dict, variant: str) -> dict:
     """The DenseRunConfig dict of a variant (the phases set by it)."""
     return dict(section(config).get("train", {}), phases=VARIANTS[variant])
@@ -152,6 +172,10 @@ def check(config: dict, valid: dict | None = None) -> None:
     headline = dense.get("headline")
     if headline is not None and headline not in directions(config):
         raise ConfigError(f"dense_kv.headline '{headline}' is not a direction ({sorted(directions(config))})")
+    for task in dense.get("duality_tasks", []):
+        if task not in eval_tasks(config):
+            raise ConfigError(f"dense_kv.duality_tasks: '{task}' is not scored by study 3 (tasks + ood: "
+                              f"{eval_tasks(config)})")
     DenseRunConfig.from_dict(dense.get("train", {}))
 
 

@@ -134,7 +134,8 @@ def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
     table = pd.DataFrame(records).set_index(["direction", "task", "mode"])
     notes.append("transfer: the receiver with the sender's transformed cache before its prompt; shuffled: another "
                  "example's transformed cache; zero: the receiver's own sink, then zeros; no communication: the "
-                 "receiver alone (unaware: the question only; aware: it reads the input). `counts`: the transfer "
+                 "receiver alone (unaware: the question only; aware: it reads the input); zero and no communication "
+                 "do not depend on the trained maps: scored once per direction. `counts`: the transfer "
                  "beats its shuffled control by McNemar's exact test, p < 0.05, for every seed.")
     notes.append("text: study 1's text relay of the same sender and receiver on the same rows (the sender writes a "
                  "message under its chat template, greedy, ending at its first complete answer; the receiver reads it "
@@ -192,34 +193,35 @@ def phase_table(config: dict, frame, out_dir: Path) -> Path | None:
 
 def duality(config: dict, frame, out_dir: Path) -> list[Path]:
     fractions = sorted(set(config["dense_kv"].get("keep_fractions", [])) | {1.0})
-    headline = config["dense_kv"].get("headline") or next(iter(plan.directions(config)))
+    headline, tasks = plan.headline(config), plan.duality_tasks(config)
+    seed = plan.directions(config)[headline]["seeds"][0]    # the sweep's run: every point of one trained run
     records = []
-    for task in plan.train_tasks(config):
+    for task in tasks:
         for mode in MODES:
             for f in fractions:
                 variant = "" if f == 1 else f"keep_{f:g}"
                 cells = _accuracy(frame, direction=headline, run_variant="both", task=task, method=f"cache_{mode}",
-                                  variant=variant)
+                                  variant=variant, seed=seed)
                 if len(cells):
-                    records.append({"task": task, "mode": mode, "kept": f, "accuracy": cells.value.mean(),
-                                    "std": cells.value.std(), "n": int(cells.n.iloc[0]), "seeds": len(cells)})
+                    accuracy, n = float(cells.value.iloc[0]), int(cells.n.iloc[0])
+                    records.append({"task": task, "mode": mode, "kept": f, "accuracy": accuracy, "n": n,
+                                    "binomial se": (accuracy * (1 - accuracy) / n) ** 0.5})
     table = pd.DataFrame(records)
     out = out_dir / "fig_duality"
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, max(1, len(plan.train_tasks(config))), figsize=(3.2 * len(plan.train_tasks(config)), 2.8),
-                                 squeeze=False)
-        for ax, task in zip(axes[0], plan.train_tasks(config)):
+        fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(3.2 * max(1, len(tasks)), 2.8), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
             for mode in MODES:
                 part = table[(table.task == task) & (table["mode"] == mode)] if len(table) else table
                 if len(part):
-                    ax.errorbar(part.kept, part.accuracy, yerr=part["std"].fillna(0), marker="o", label=mode, capsize=2)
+                    ax.errorbar(part.kept, part.accuracy, yerr=part["binomial se"], marker="o", label=mode, capsize=2)
             ax.set(title=task, xlabel="fraction of the transferred cache kept", ylabel="accuracy")
             ax.legend(fontsize=7)
-        save_figure(fig, out, f"{headline}; positions ranked by the attention the receiver's prompt gives them with "
-                              f"the whole cache in place (sink excluded, always kept); n = eval rows per point")
+        save_figure(fig, out, f"{headline}, seed {seed}; positions ranked by the attention the receiver's prompt gives them with "
+                              f"the whole cache in place (sink excluded, always kept); bars: binomial standard error; n = eval rows per point")
         plt.close(fig)
     write_table(table.set_index(["task", "mode", "kept"]) if len(table) else table, out,
-                f"Duality: accuracy vs fraction of the transferred cache kept ({headline})", "dense_duality")
+                f"Duality: accuracy vs fraction of the transferred cache kept ({headline}, seed {seed})", "dense_duality")
     return [out.with_suffix(".png"), out.with_suffix(".md")]
 
 

@@ -1,0 +1,41 @@
+"""What study 3 plans: runs, and what each run scores beyond the transfer and its shuffled control."""
+from pathlib import Path
+
+import pytest
+
+from interlingua.config import load_config
+from interlingua.errors import ConfigError
+from interlingua.studies.dense_kv import plan
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def config():
+    return load_config(REPO / "params.yaml")
+
+
+def test_default_runs_headline_seeds_reverse_and_phase_ablation(config):
+    runs = plan.runs(config)
+    assert [r for r in runs if r[1] == "both"] == [("smollm2_gemma3", "both", s) for s in (0, 1, 2)] + \
+        [("gemma3_smollm2", "both", 0)]
+    assert {r for r in runs if r[1] != "both"} == {("smollm2_gemma3", "phase1", 0), ("smollm2_gemma3", "phase2", 0)}
+
+
+def test_run_independent_rows_and_sweep_once(config):
+    """The zeroed cache and the receiver alone do not depend on the trained maps: scored once per direction;
+    the duality sweep only in the headline's first run, on its duality tasks."""
+    options = {(d, v, s, t): plan.eval_options(config, d, v, s, t)
+               for d, v, s in plan.runs(config) for t in plan.eval_tasks(config)}
+    sweep = {key for key, o in options.items() if o["keep_fractions"]}
+    assert sweep == {("smollm2_gemma3", "both", 0, t) for t in config["dense_kv"]["duality_tasks"]}
+    for direction in plan.directions(config):
+        once = [key for key, o in options.items() if key[0] == direction and o["zero"] and o["alone"]]
+        assert {key[1:3] for key in once} == {("both", plan.directions(config)[direction]["seeds"][0])}
+        assert {key[3] for key in once} == set(plan.eval_tasks(config))
+
+
+def test_duality_task_not_scored_is_refused(config):
+    config["dense_kv"]["duality_tasks"] = ["sst2", "banking77"]
+    with pytest.raises(ConfigError, match="duality_tasks: 'banking77'"):
+        plan.check(config)
