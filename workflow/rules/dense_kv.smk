@@ -163,7 +163,13 @@ def dense_report_inputs(w):
             "relays": [dense_relay(d, t, f) for d, t in dense_plan.text_runs(config)
                        for f in (dense_plan.relay_messages, dense_plan.relay_result)],
             "models": [model_input(m) for d in dense_plan.directions(config).values()
-                       for m in (d["sender"], d["receiver"])]}
+                       for m in (d["sender"], d["receiver"])],
+            "alignment_split": dense_alignment_split()}
+
+
+def dense_alignment_split():
+    """The eval split of the alignment figure's example (the first trained task)."""
+    return task_input(dense_plan.train_tasks(config)[0], "eval")
 
 
 rule dense_report:
@@ -176,6 +182,8 @@ rule dense_report:
         spec=lambda w: spec(config={"dense_kv": DENSE, "tasks": {t: prompt_spec(config["tasks"][t])
                                                                   for t in dense_plan.eval_tasks(config)},
                                     "text_runs": dense_plan.text_runs(config),
+                                    "alignment_split": f"data/tasks/{dense_plan.train_tasks(config)[0]}/"
+                                                       f"{split_name(dense_plan.train_tasks(config)[0], 'eval')}.jsonl",
                                     "bridge_results": [[d, t, paths] for (d, t), paths
                                                        in sorted(dense_plan.bridge_results(config).items())]}),
         code=code("dense-report"),

@@ -184,7 +184,7 @@ def figures(config: dict) -> list[str]:
     if not enabled(config):
         return []
     out = [f"{FIGURES_DIR}/{name}" for name in ("table_main.md", "fig_duality.png", "fig_duality.md",
-                                                   "table_reconstruction.md")]
+                                                   "table_reconstruction.md", "fig_alignment.png", "fig_alignment.md")]
     if any(v != "both" for _, v, _ in runs(config)):
         out.append(f"{FIGURES_DIR}/table_phases.md")
     return out

@@ -242,12 +242,30 @@ def reconstruction_table(config: dict, out_dir: Path) -> Path:
     return out.with_suffix(".md")
 
 
+def alignment_figure(config: dict, out_dir: Path) -> list[Path]:
+    """fig_alignment: one example of the headline direction's token alignment (alignment.py), from the eval
+    split `config["alignment_split"]` (the workflow passes it) of the first trained task."""
+    from ... import zoo
+    from ...tasks import read_split
+    from . import alignment
+
+    d = plan.directions(config)[plan.headline(config)]
+    task = plan.train_tasks(config)[0]
+    rows, _ = read_split(config["alignment_split"])
+    template = config["tasks"][task]["prompts"]["sender"]
+    strings = [template.format(text=row["text"]) for row in rows[:50]]
+    s_tok, r_tok = (zoo.load_tokenizer(f"data/models/{d[end]}") for end in ("sender", "receiver"))
+    index, frame = alignment.pick(strings, s_tok, r_tok)
+    title = f"Token alignment, {d['sender']} -> {d['receiver']}: {task} eval row {index}"
+    return alignment.figure(frame, out_dir / "fig_alignment", title, (d["sender"], d["receiver"]))
+
+
 def write_all(config: dict, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame, preds = load(config)
     paths = [main_table(config, frame, preds, out_dir), *duality(config, frame, out_dir),
-             reconstruction_table(config, out_dir)]
+             reconstruction_table(config, out_dir), *alignment_figure(config, out_dir)]
     phases = phase_table(config, frame, out_dir)
     paths += [phases] if phases else []
     stems = {p.stem for p in paths}
