@@ -75,7 +75,7 @@ def test_smoke_dag_runs_study_3(smoke_run):
     controls, the phase ablation, the duality sweep, and the tables listing them."""
     config = load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")
     outputs = dense_plan.figures(config)
-    assert len(outputs) == 7 and all((smoke_run / name).stat().st_size > 0 for name in outputs)
+    assert len(outputs) == 8 and all((smoke_run / name).stat().st_size > 0 for name in outputs)
     assert all(Path(name).name in (smoke_run / "figures/README.md").read_text() for name in outputs)
     labels = split_labels(smoke_run, config, "sst2", "eval")
     for direction, variant, seed in dense_plan.runs(config):
@@ -97,6 +97,9 @@ def test_smoke_dag_runs_study_3(smoke_run):
     assert "smollm2" not in table and not (smoke_run / "results/dense_kv/smollm2_gemma3").exists()
     assert "phase 2 only" in (smoke_run / "figures/dense_kv/table_phases.md").read_text()
     assert "sender positions" in (smoke_run / "figures/dense_kv/fig_alignment.md").read_text()
+    compute = (smoke_run / "figures/dense_kv/table_compute.md").read_text()   # text at the policy and shorter caps
+    assert all(f"text (<= {limit} tokens)" in compute for limit in config["dense_kv"]["text_limits"])
+    assert "cache (aware)" in compute and re.search(r"\d+\.\dx", compute)
 
 
 def split_labels(workdir: Path, config: dict, task: str, role: str) -> list[int]:

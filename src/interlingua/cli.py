@@ -311,6 +311,15 @@ def cmd_dense_evaluate(args):
                        batch_size=request.get("batch_size", 16)))
 
 
+def cmd_dense_text(args):
+    from .studies.dense_kv.text import limit_job
+    spec, device, dtype = _runtime(args)
+    for path in limit_job(args.relay, args.split, args.train_split, args.sender_dir, args.receiver_dir, args.out_dir,
+                          task_name=args.task, task=spec["task"], limits=spec["limits"], shots=spec["relay"]["shots"],
+                          seeds=spec.get("seeds", []), batch_size=spec["batch_size"], device=device, dtype=dtype):
+        print(path)
+
+
 def cmd_dense_report(args):
     from .studies.dense_kv.report import write_all
     spec, _, _ = _runtime(args)
@@ -473,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
             ("--task", req), ("--direction", req), ("--variant", req), ("--seed", {"type": int, "default": 0}),
             ("--sender-dir", req), ("--receiver-dir", req), ("--split", req), ("--store", req), ("--run", req),
             ("--out", req))
+    command("dense-text", cmd_dense_text,
+            "study 3: study 1's text relay cut to shorter limits (dense_kv.text_limits), read by the receiver",
+            ("--task", req), ("--relay", req), ("--split", req), ("--train-split", req), ("--sender-dir", req),
+            ("--receiver-dir", req), ("--out-dir", req))
     command("dense-report", cmd_dense_report, "study 3: every table and figure from its scored runs",
             ("--out-dir", req))
     command("kv-portability", cmd_kv_portability,

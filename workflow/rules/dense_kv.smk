@@ -1,5 +1,7 @@
 # Study 3, dense heterogeneous KV transfer: KV stores -> two-phase transformations -> scored runs -> report.
 # What runs is planned by interlingua/studies/dense_kv/plan.py from the `dense_kv` config section.
+from types import SimpleNamespace
+
 from interlingua.studies.dense_kv import plan as dense_plan
 
 DENSE = config.get("dense_kv") or {}
@@ -142,6 +144,44 @@ rule dense_evaluate:
         "--run {input.run} --out {output.result} > {log} 2>&1"
 
 
+def dense_text_spec(w):
+    """What decides the relay at shorter limits: study 1's relay file and how its receiver reads it
+    (eval_relay's spec), and the limits."""
+    d = dense_direction(w.direction)
+    relay = SimpleNamespace(mode="text_relay", sender=d["sender"], receiver=d["receiver"], task=w.task)
+    return spec(**json.loads(relay_eval_request(relay)), limits=DENSE.get("text_limits", []))
+
+
+def dense_text_inputs(w):
+    d = dense_direction(w.direction)
+    return {"relay": dense_relay(w.direction, w.task, dense_plan.relay_messages),
+            "split": task_input(w.task, "eval"), "train": task_input(w.task, "train"),
+            "sender": model_input(d["sender"]), "receiver": model_input(d["receiver"])}
+
+
+rule dense_text:
+    """Study 1's text relay of a direction and task cut to each shorter limit, read by the receiver as there."""
+    input:
+        unpack(dense_text_inputs),
+    wildcard_constraints:
+        direction=ALIAS,
+        task=ALIAS,
+    output:
+        [f"{dense_plan.RUNS_DIR}/{{direction}}/text/{{task}}/limit{limit}.csv" for limit in DENSE.get("text_limits", [])],
+    params:
+        spec=dense_text_spec,
+        code=code("dense-text"),
+        out=f"{dense_plan.RUNS_DIR}/{{direction}}/text/{{task}}",
+    log:
+        "logs/dense_kv/text/{direction}/{task}.log",
+    benchmark:
+        "results/benchmarks/dense_kv/text/{direction}/{task}.tsv"
+    shell:
+        "{CLI} dense-text --task {wildcards.task} --relay {input.relay} --split {input.split} "
+        "--train-split {input.train} --sender-dir {input.sender} --receiver-dir {input.receiver} "
+        "--spec {params.spec:q} --threads {threads} --out-dir {params.out} > {log} 2>&1"
+
+
 def dense_results():
     return [f"{dense_plan.run_dir(d, v, s)}/{t}.csv" for d, v, s in dense_plan.runs(config)
             for t in dense_plan.eval_tasks(config)]
@@ -162,6 +202,7 @@ def dense_report_inputs(w):
             "baselines": [unless_rerun(p, producer_params(p)["spec"]) for p in baselines + bridges],
             "relays": [dense_relay(d, t, f) for d, t in dense_plan.text_runs(config)
                        for f in (dense_plan.relay_messages, dense_plan.relay_result)],
+            "text_limits": [unless_rerun(p, producer_params(p)["spec"]) for p in dense_plan.text_limit_results(config)],
             "models": [model_input(m) for d in dense_plan.directions(config).values()
                        for m in (d["sender"], d["receiver"])],
             "alignment_split": dense_alignment_split()}
@@ -182,6 +223,7 @@ rule dense_report:
         spec=lambda w: spec(config={"dense_kv": DENSE, "tasks": {t: prompt_spec(config["tasks"][t])
                                                                   for t in dense_plan.eval_tasks(config)},
                                     "text_runs": dense_plan.text_runs(config),
+                                    "relay_max_new_tokens": config["relay"]["max_new_tokens"],
                                     "alignment_split": f"data/tasks/{dense_plan.train_tasks(config)[0]}/"
                                                        f"{split_name(dense_plan.train_tasks(config)[0], 'eval')}.jsonl",
                                     "bridge_results": [[d, t, paths] for (d, t), paths

@@ -72,6 +72,19 @@ def text_runs(config: dict) -> list[tuple[str, str]]:
             if relay_result(d, task) in planned]
 
 
+def text_limits(config: dict) -> list[int]:
+    """The shorter limits study 1's relay is also read at (the compute table)."""
+    return [int(limit) for limit in section(config).get("text_limits", [])]
+
+
+def text_limit_result(direction: str, task: str, limit: int) -> str:
+    return f"{RUNS_DIR}/{direction}/text/{task}/limit{limit}.csv"
+
+
+def text_limit_results(config: dict) -> list[str]:
+    return [text_limit_result(d, t, limit) for d, t in text_runs(config) for limit in text_limits(config)]
+
+
 def relay_result(direction: dict, task: str) -> str:
     return f"results/relay/text_relay/{direction['sender']}/{direction['receiver']}/{task}.csv"
 
@@ -187,4 +200,6 @@ def figures(config: dict) -> list[str]:
                                                    "table_reconstruction.md", "fig_alignment.png", "fig_alignment.md")]
     if any(v != "both" for _, v, _ in runs(config)):
         out.append(f"{FIGURES_DIR}/table_phases.md")
+    if text_runs(config):
+        out.append(f"{FIGURES_DIR}/table_compute.md")
     return out

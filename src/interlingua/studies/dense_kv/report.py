@@ -83,6 +83,78 @@ def text_communication(config: dict) -> dict[tuple[str, str], pd.DataFrame]:
     return out
 
 
+def text_at_limits(config: dict) -> dict[tuple[str, str], dict[int, pd.DataFrame]]:
+    """{(direction, task): {limit: study 1's relay cut to `limit` tokens, read and priced as the relay}}."""
+    from .text import text_rows
+
+    out = {}
+    for direction, task in config.get("text_runs", []):
+        d = plan.directions(config)[direction]
+        for limit in plan.text_limits(config):
+            result = Path(plan.text_limit_result(direction, task, limit))
+            out.setdefault((direction, task), {})[limit] = text_rows(
+                result.with_suffix(".jsonl"), result, f"data/models/{d['sender']}", f"data/models/{d['receiver']}",
+                config["tasks"][task])
+    return out
+
+
+def compute_table(config: dict, frame, out_dir: Path) -> Path | None:
+    """Accuracy and compute per example of the cache transfer and of text communication at its policy and at
+    the shorter limits, where study 1 runs the direction's relay."""
+    texts, limits = text_communication(config), text_at_limits(config)
+    if not texts:
+        return None
+    records = []
+    for (direction, task), policy in texts.items():
+        d = plan.directions(config)[direction]
+        base = {"direction": f"{d['sender']} -> {d['receiver']}", "task": task}
+        cache_flops = {}
+        for mode in MODES:
+            cache = frame[(frame.direction == direction) & (frame.run_variant == "both") & (frame.task == task)
+                          & (frame.method == f"cache_{mode}") & (frame.variant == "")]
+            accuracy = cache[cache.metric == "accuracy"]
+            cache_flops[mode] = _metric(cache, "flops_per_example")
+            records.append(dict(base, method=f"cache ({mode})", accuracy=_cell(accuracy.value, _n(accuracy)),
+                                GFLOP=_gflop(cache_flops[mode]), tokens="",
+                                seconds=_seconds(_metric(cache, "seconds_per_example"))))
+        cap = config.get("relay_max_new_tokens")
+        for label, rows in [(f"text (policy{f', <= {cap} tokens' if cap else ''})", policy)] + \
+                [(f"text (<= {limit} tokens)", rows) for limit, rows in sorted(limits.get((direction, task), {}).items())]:
+            accuracy = rows[rows.metric == "accuracy"]
+            flops = _metric(rows, "flops_per_example")
+            seconds = sum(filter(None, [_metric(rows, "relay_seconds_per_example"), _metric(rows, "seconds_per_example")]))
+            records.append(dict(base, method=label, accuracy=_cell(accuracy.value, _n(accuracy)), GFLOP=_gflop(flops),
+                                tokens=f"{_metric(rows, 'generated_tokens'):.1f}", seconds=_seconds(seconds),
+                                **{f"/ cache ({mode})": f"{flops / cache_flops[mode]:.1f}x" if flops and cache_flops[mode]
+                                   else "n/a" for mode in MODES}))
+    table = pd.DataFrame(records).fillna("").set_index(["direction", "task", "method"])
+    out = out_dir / "table_compute"
+    write_table(table, out, "Compute per example: cache transfer vs text communication (accuracy on the same rows)",
+                "dense_compute",
+                ["GFLOP: analytic FLOPs per example (studies/dense_kv/compute.py). cache = the sender's reading + the "
+                 "transformation + the receiver's prompt after the transferred cache (mean over seeds' runs); text = the "
+                 "sender's prompt and generation + the receiver's reading of the message, its demonstrations left out "
+                 "(text's cost counted low). / cache: text's FLOPs over the cache path's in each mode.",
+                 "text at a shorter limit: each of study 1's greedy messages cut to its first L tokens (what generation "
+                 "capped at L writes), read by the same receiver after the same demonstrations. tokens: mean generated.",
+                 "seconds: measured wall time per example on this machine; cache: the transformation and the receiver "
+                 "(the sender's reading comes from the store and is not timed); text: the sender's generation and the "
+                 "receiver's reading."])
+    return out.with_suffix(".md")
+
+
+def _n(rows) -> int:
+    return int(rows.n.iloc[0]) if len(rows) else 0
+
+
+def _gflop(flops) -> str:
+    return f"{flops / 1e9:.2f}" if flops else "n/a"
+
+
+def _seconds(seconds) -> str:
+    return f"{seconds:.3f}" if seconds else "n/a"
+
+
 def bridge_accuracy(config: dict) -> dict[tuple[str, str], pd.DataFrame]:
     """{(direction, task): study 1's LatentWire bridge accuracy rows (bridge with the source, every seed)};
     `config["bridge_results"]`: [direction, task, paths] of plan.bridge_results, which the workflow passes."""
@@ -266,8 +338,8 @@ def write_all(config: dict, out_dir: str | Path) -> list[Path]:
     frame, preds = load(config)
     paths = [main_table(config, frame, preds, out_dir), *duality(config, frame, out_dir),
              reconstruction_table(config, out_dir), *alignment_figure(config, out_dir)]
-    phases = phase_table(config, frame, out_dir)
-    paths += [phases] if phases else []
+    phases, compute = phase_table(config, frame, out_dir), compute_table(config, frame, out_dir)
+    paths += [p for p in (phases, compute) if p]
     stems = {p.stem for p in paths}
     for stale in out_dir.iterdir():   # another config's outputs never stay beside this one's
         if stale.is_file() and stale.stem not in stems:
