@@ -75,13 +75,17 @@ def test_smoke_dag_runs_study_3(smoke_run):
     controls, the phase ablation, the duality sweep, and the tables listing them."""
     config = load_config(REPO / "params.yaml", REPO / "config/smoke.yaml")
     outputs = dense_plan.figures(config)
-    assert len(outputs) == 8 and all((smoke_run / name).stat().st_size > 0 for name in outputs)
+    assert len(outputs) == 9 and all((smoke_run / name).stat().st_size > 0 for name in outputs)
     assert all(Path(name).name in (smoke_run / "figures/README.md").read_text() for name in outputs)
     labels = split_labels(smoke_run, config, "sst2", "eval")
     for direction, variant, seed in dense_plan.runs(config):
         rows = pd.read_csv(smoke_run / dense_plan.run_dir(direction, variant, seed) / "sst2.csv", keep_default_na=False)
         accuracy = rows[rows.metric == "accuracy"]
         assert (accuracy.n == len(labels)).all()
+        if variant == "fuser":   # the C2C-style baseline: aware only, with its own controls
+            assert set(zip(accuracy.method, accuracy.variant)) == {
+                ("fuser_aware", v) for v in ("", "shuffled_source", "zero_source", "own_cache")}
+            continue
         first = variant == "both" and seed == dense_plan.directions(config)[direction]["seeds"][0]
         for mode in ("unaware", "aware"):   # the shuffled control in every run; the zeroed cache, the receiver
             variants = set(accuracy[accuracy.method == f"cache_{mode}"].variant)   # alone and the sweep once
@@ -97,6 +101,7 @@ def test_smoke_dag_runs_study_3(smoke_run):
     assert "smollm2" not in table and not (smoke_run / "results/dense_kv/smollm2_gemma3").exists()
     assert "phase 2 only" in (smoke_run / "figures/dense_kv/table_phases.md").read_text()
     assert "sender positions" in (smoke_run / "figures/dense_kv/fig_alignment.md").read_text()
+    assert "own cache only" in (smoke_run / "figures/dense_kv/table_fuser.md").read_text()
     compute = (smoke_run / "figures/dense_kv/table_compute.md").read_text()   # text at the policy and shorter caps
     assert all(f"text (<= {limit} tokens)" in compute for limit in config["dense_kv"]["text_limits"])
     assert "cache (aware)" in compute and re.search(r"\d+\.\dx", compute)

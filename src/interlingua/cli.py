@@ -307,7 +307,7 @@ def cmd_dense_evaluate(args):
     print(evaluate_job(args.run, args.sender_dir, args.receiver_dir, args.task, request["task"], args.split,
                        args.store, request["prompts"], args.out, base=base, seed=args.seed,
                        keep_fractions=request.get("keep_fractions", []), alone=request.get("alone", True),
-                       zero=request.get("zero", True), device=device,
+                       zero=request.get("zero", True), receiver_store=args.receiver_store, device=device,
                        batch_size=request.get("batch_size", 16)))
 
 
@@ -481,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
             "study 3: a trained direction on one task, both modes, with controls and baselines",
             ("--task", req), ("--direction", req), ("--variant", req), ("--seed", {"type": int, "default": 0}),
             ("--sender-dir", req), ("--receiver-dir", req), ("--split", req), ("--store", req), ("--run", req),
-            ("--out", req))
+            ("--out", req),
+            ("--receiver-store", {"help": "the receiver's own cache of the split: score the fuser baseline"}))
     command("dense-text", cmd_dense_text,
             "study 3: study 1's text relay cut to shorter limits (dense_kv.text_limits), read by the receiver",
             ("--task", req), ("--relay", req), ("--split", req), ("--train-split", req), ("--sender-dir", req),

@@ -107,6 +107,7 @@ def dense_eval_request(w):
             "prompts": DENSE.get("prompts", {}),
             **dense_plan.eval_options(config, w.direction, w.variant, w.seed, w.task),
             "store": dense_store_request(d["sender"], w.task, "eval"), "batch_size": config["evaluate"]["batch_size"],
+            **({"receiver_store": dense_store_request(d["receiver"], w.task, "eval")} if w.variant == "fuser" else {}),
             "code": code("dense-evaluate")}
 
 
@@ -115,7 +116,8 @@ def dense_eval_inputs(w):
     run = f"{dense_plan.run_dir(w.direction, w.variant, w.seed)}/transform"
     return {"sender": model_input(d["sender"]), "receiver": model_input(d["receiver"]),
             "split": task_input(w.task, "eval"), "store": dense_store_input(d["sender"], w.task, "eval"),
-            "run": unless_rerun(run, spec(request=dense_train_request(w)))}
+            "run": unless_rerun(run, spec(request=dense_train_request(w))),
+            **({"own": dense_store_input(d["receiver"], w.task, "eval")} if w.variant == "fuser" else {})}
 
 
 rule dense_evaluate:
@@ -133,6 +135,8 @@ rule dense_evaluate:
         spec=lambda w: spec(request=dense_eval_request(w)),
         code=code("dense-evaluate"),
         store=lambda w: dense_store(dense_direction(w.direction)["sender"], w.task, "eval") + ".zarr",
+        own=lambda w: (f"--receiver-store {dense_store(dense_direction(w.direction)['receiver'], w.task, 'eval')}.zarr"
+                       if w.variant == "fuser" else ""),
     log:
         "logs/dense_kv/evaluate/{direction}/{variant}/seed{seed}/{task}.log",
     benchmark:
@@ -141,7 +145,7 @@ rule dense_evaluate:
         "{CLI} dense-evaluate --spec {params.spec:q} --threads {threads} --task {wildcards.task} "
         "--direction {wildcards.direction} --variant {wildcards.variant} --seed {wildcards.seed} "
         "--sender-dir {input.sender} --receiver-dir {input.receiver} --split {input.split} --store {params.store} "
-        "--run {input.run} --out {output.result} > {log} 2>&1"
+        "--run {input.run} {params.own} --out {output.result} > {log} 2>&1"
 
 
 def dense_text_spec(w):

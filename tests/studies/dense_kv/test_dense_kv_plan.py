@@ -19,7 +19,9 @@ def test_default_runs_headline_seeds_reverse_and_phase_ablation(config):
     runs = plan.runs(config)
     assert [r for r in runs if r[1] == "both"] == [("smollm2_gemma3", "both", s) for s in (0, 1, 2)] + \
         [("gemma3_smollm2", "both", 0)]
-    assert {r for r in runs if r[1] != "both"} == {("smollm2_gemma3", "phase1", 0), ("smollm2_gemma3", "phase2", 0)}
+    assert {r for r in runs if r[1] != "both"} == {("smollm2_gemma3", v, 0) for v in ("phase1", "phase2", "fuser")}
+    # the fuser fuses into the receiver's own cache of the eval inputs: their stores are planned
+    assert {("gemma3", t, "eval") for t in plan.eval_tasks(config)} <= plan.stores(config)
 
 
 def test_run_independent_rows_and_sweep_once(config):

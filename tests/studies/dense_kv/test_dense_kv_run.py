@@ -25,7 +25,7 @@ def stores(tiny_models, sst2_like_task, toy_mirror, tmp_path):
         split = tmp_path / f"{name}.jsonl"
         materialize_split("toy", sst2_like_task, toy_mirror, role, split)
         out[f"{role}_split"] = split
-        for model in ("sender", "receiver") if role == "train" else ("sender",):
+        for model in ("sender", "receiver"):
             out[f"{role}_{model}"] = extract(tiny_models[model], split, tmp_path / f"{model}_{name}.zarr",
                                              sender_prompt=sst2_like_task["prompts"]["sender"], layers=[1],
                                              storage_dtype="float32", batch_size=4, device=torch.device("cpu"),
@@ -63,6 +63,36 @@ def test_a_direction_trains_and_is_scored_with_its_controls(tiny_models, sst2_li
         parts = rows[(rows.method == f"cache_{mode}") & rows.metric.str.endswith("_flops_per_example")].value
         assert flops[f"cache_{mode}"] == pytest.approx(parts.sum()) and flops[f"cache_{mode}"] > flops[f"alone_{mode}"]
     assert flops["alone_aware"] > flops["alone_unaware"]                           # aware reads the input too
+
+
+def test_the_fuser_baseline_trains_from_phase_1_and_is_scored_with_its_controls(tiny_models, sst2_like_task, stores,
+                                                                                  tmp_path):
+    """The C2C-style fuser (fuse.py): the phase-1 maps inside its gates, trained on the receiver's loss with the
+    fused own cache; scored aware only beside another example's sender cache, a zeroed one and no fusion."""
+    from interlingua.studies.dense_kv.fuse import stretch
+    from interlingua.studies.dense_kv.train import load_transform
+
+    tasks = {"toy": {"task": sst2_like_task, "split": stores["train_split"], "sender_store": stores["train_sender"],
+                     "receiver_store": stores["train_receiver"]}}
+    config = {"steps": 3, "batch": 4, "lr": 1e-2, "warmup": 1, "transform": {"layer_window": 3},
+              "phases": ["reconstruction", "fusion"]}
+    out = train_job(tiny_models["sender"], tiny_models["receiver"], tasks, PROMPTS, config, 0, tmp_path / "fuser")
+    record = json.loads((out / "record.json").read_text())
+    assert [p["mode"] for p in record["curve"]] == ["aware"] * 3
+    fuser, _ = load_transform(out)
+    assert hasattr(fuser, "gate") and record["trainable_parameters"] == sum(p.numel() for p in fuser.parameters())
+    moved = [float(g) for g in fuser.gate.values()]
+    assert any(g != -2.0 for g in moved)                                           # the gates trained
+    result = evaluate_job(out, tiny_models["sender"], tiny_models["receiver"], "toy", sst2_like_task,
+                          stores["eval_split"], stores["eval_sender"], PROMPTS, tmp_path / "fuser.csv",
+                          base={"sender": "sender", "receiver": "receiver", "bridge": "fuser", "fingerprint": "f"},
+                          seed=0, receiver_store=stores["eval_receiver"])
+    accuracy = pd.read_csv(result, keep_default_na=False).query("metric == 'accuracy'")
+    assert set(zip(accuracy.method, accuracy.variant)) == {("fuser_aware", v) for v in
+                                                         ("", "shuffled_source", "zero_source", "own_cache")}
+    assert set(accuracy.n) == {8}
+    weights = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])                    # 3 positions reading 2
+    assert torch.equal(stretch(weights, 6), weights[[0, 0, 1, 1, 2, 2]]) and torch.equal(stretch(weights, 3), weights)
 
 
 def test_text_communication_is_priced_from_the_relay_rows(tiny_models, sst2_like_task, tmp_path):

@@ -6,14 +6,14 @@ from dataclasses import asdict, dataclass, field
 from ...channels.kv.dense import DenseConfig
 from ...errors import ConfigError
 
-PHASES = ("reconstruction", "generation")
+PHASES = ("reconstruction", "generation", "fusion")   # fusion: the C2C-style fuser baseline (fuse.py)
 TRAIN_MODES = ("unaware", "aware", "joint")
 
 
 @dataclass
 class DenseRunConfig:
     transform: dict = field(default_factory=dict)   # DenseConfig fields (channels/kv/dense.py)
-    phases: list = field(default_factory=lambda: list(PHASES))  # the phase ablation drops one
+    phases: list = field(default_factory=lambda: list(PHASES[:2]))  # the method; the phase ablation drops one
     mode: str = "joint"          # prompts phase 2 trains on: unaware, aware, or both (alternating steps)
     steps: int = 100             # phase 2 optimizer steps
     batch: int = 8               # examples per step (one task per step, tasks in turn)
@@ -26,8 +26,9 @@ class DenseRunConfig:
 
     def __post_init__(self):
         unknown = [p for p in self.phases if p not in PHASES]
-        if unknown or not self.phases:
-            raise ConfigError(f"dense_kv train.phases: one or both of {list(PHASES)}, got {self.phases}")
+        if unknown or not self.phases or {"generation", "fusion"} <= set(self.phases):
+            raise ConfigError(f"dense_kv train.phases: some of {list(PHASES)} (not both generation and fusion), "
+                              f"got {self.phases}")
         if self.mode not in TRAIN_MODES:
             raise ConfigError(f"dense_kv train.mode: one of {list(TRAIN_MODES)}, got {self.mode!r}")
         if self.batch < 2 or self.steps < 0 or not 0 < self.holdout_fraction < 1:

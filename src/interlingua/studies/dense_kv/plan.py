@@ -22,7 +22,8 @@ from .configs import DenseRunConfig
 STORES_DIR = "data/dense_kv/stores"
 RUNS_DIR = "results/dense_kv"
 FIGURES_DIR = "figures/dense_kv"
-VARIANTS = {"both": ["reconstruction", "generation"], "phase1": ["reconstruction"], "phase2": ["generation"]}
+VARIANTS = {"both": ["reconstruction", "generation"], "phase1": ["reconstruction"], "phase2": ["generation"],
+            "fuser": ["reconstruction", "fusion"]}
 
 
 def section(config: dict) -> dict:
@@ -59,7 +60,17 @@ def runs(config: dict) -> list[tuple[str, str, int]]:
     if headline and dense.get("phase_ablation", True):
         seed = directions(config)[headline]["seeds"][0]
         out += [(headline, "phase1", seed), (headline, "phase2", seed)]
+    for name in fuser_directions(config):
+        out.append((name, "fuser", directions(config)[name]["seeds"][0]))
     return out
+
+
+def fuser_directions(config: dict) -> list[str]:
+    """Directions with the C2C-style fuser baseline (`dense_kv.fuser`: true = the headline, or a list)."""
+    value = section(config).get("fuser", False)
+    if not value or not directions(config):
+        return []
+    return [headline(config)] if value is True else [name for name in value if name in directions(config)]
 
 
 def text_runs(config: dict) -> list[tuple[str, str]]:
@@ -124,6 +135,8 @@ def eval_options(config: dict, direction: str, variant: str, seed: int, task: st
     """What one run scores beyond the transfer and its shuffled control: the zeroed cache and the receiver
     alone (they do not depend on the trained maps: once per direction, in its first `both` run) and the
     kept fractions (the headline's first `both` run, on the duality tasks)."""
+    if variant == "fuser":   # its own controls (fuse.py)
+        return {"alone": False, "zero": False, "keep_fractions": []}
     first = variant == "both" and int(seed) == directions(config)[direction]["seeds"][0]
     sweep = first and direction == headline(config) and task in duality_tasks(config)
     return {"alone": first, "zero": first,
@@ -150,6 +163,8 @@ def stores(config: dict) -> set[tuple[str, str, str]]:
         for task in train_tasks(config):
             out |= {(d["sender"], task, "train"), (d["receiver"], task, "train")}
         out |= {(d["sender"], task, "eval") for task in eval_tasks(config)}
+    for name in fuser_directions(config):   # the fuser fuses into the receiver's own cache of the eval input
+        out |= {(directions(config)[name]["receiver"], task, "eval") for task in eval_tasks(config)}
     return out
 
 
@@ -185,6 +200,10 @@ def check(config: dict, valid: dict | None = None) -> None:
     headline = dense.get("headline")
     if headline is not None and headline not in directions(config):
         raise ConfigError(f"dense_kv.headline '{headline}' is not a direction ({sorted(directions(config))})")
+    fuser = dense.get("fuser", False)
+    for name in fuser if isinstance(fuser, list) else []:
+        if name not in directions(config):
+            raise ConfigError(f"dense_kv.fuser: '{name}' is not a direction ({sorted(directions(config))})")
     for task in dense.get("duality_tasks", []):
         if task not in eval_tasks(config):
             raise ConfigError(f"dense_kv.duality_tasks: '{task}' is not scored by study 3 (tasks + ood: "
@@ -198,8 +217,10 @@ def figures(config: dict) -> list[str]:
         return []
     out = [f"{FIGURES_DIR}/{name}" for name in ("table_main.md", "fig_duality.png", "fig_duality.md",
                                                    "table_reconstruction.md", "fig_alignment.png", "fig_alignment.md")]
-    if any(v != "both" for _, v, _ in runs(config)):
+    if any(v in ("phase1", "phase2") for _, v, _ in runs(config)):
         out.append(f"{FIGURES_DIR}/table_phases.md")
     if text_runs(config):
         out.append(f"{FIGURES_DIR}/table_compute.md")
+    if fuser_directions(config):
+        out.append(f"{FIGURES_DIR}/table_fuser.md")
     return out

@@ -63,10 +63,43 @@ def _accuracy(frame, **keys) -> pd.DataFrame:
 
 
 def paired_p(preds: pd.DataFrame, direction: str, variant: str, task: str, mode: str, seed: int,
-             control: str) -> float:
+             control: str, method: str | None = None) -> float:
+    method = method or f"cache_{mode}"
     pick = lambda v: preds[(preds.direction == direction) & (preds.run_variant == variant) & (preds.task == task)  # noqa: E731
-                           & (preds.method == f"cache_{mode}") & (preds.variant == v) & (preds.seed == seed)]
+                           & (preds.method == method) & (preds.variant == v) & (preds.seed == seed)]
     return mcnemar(pick(""), pick(control))["p_value"]
+
+
+def fuser_table(config: dict, frame, preds, out_dir: Path) -> Path | None:
+    """The C2C-style fuser baseline (context-aware) beside its controls, per direction and task."""
+    runs = [(d, s) for d, v, s in plan.runs(config) if v == "fuser"]
+    if not runs:
+        return None
+    records = []
+    for direction, seed in runs:
+        d = plan.directions(config)[direction]
+        for task in plan.eval_tasks(config):
+            rows = _accuracy(frame, direction=direction, run_variant="fuser", task=task, method="fuser_aware")
+            n = _n(rows)
+            pick = lambda v: rows[rows.variant == v].value  # noqa: E731
+            p_shuffled = paired_p(preds, direction, "fuser", task, "aware", seed, "shuffled_source", "fuser_aware")
+            p_own = paired_p(preds, direction, "fuser", task, "aware", seed, "own_cache", "fuser_aware")
+            records.append({"direction": f"{d['sender']} -> {d['receiver']}", "task": task, "fuser": _cell(pick(""), n),
+                            "shuffled": _cell(pick("shuffled_source"), n), "zero": _cell(pick("zero_source"), n),
+                            "own cache only": _cell(pick("own_cache"), n), "p vs shuffled": f"{p_shuffled:.2g}",
+                            "p vs own cache": f"{p_own:.2g}",
+                            "counts": "yes" if p_shuffled < ALPHA and pick("").mean() > pick("shuffled_source").mean()
+                            else "no"})
+    out = out_dir / "table_fuser"
+    write_table(pd.DataFrame(records).set_index(["direction", "task"]), out,
+                "C2C-style gated fuser (context-aware): accuracy beside its controls (n = eval rows, one seed)",
+                "dense_fuser",
+                ["the receiver reads the input itself; its own cache of it is fused, in place at the aligned positions, "
+                 "with the sender's transformed cache through learned projections and gates (channels/kv/fuser.py), "
+                 "then it reads the question. shuffled: another example's sender cache stretched onto these positions; "
+                 "zero: a zeroed sender cache; own cache only: no fusion (no communication, the same prompt). "
+                 "McNemar's exact test on the same rows; `counts`: beats shuffled at p < 0.05."])
+    return out.with_suffix(".md")
 
 
 def text_communication(config: dict) -> dict[tuple[str, str], pd.DataFrame]:
@@ -203,6 +236,10 @@ def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
                               & (frame.method == f"cache_{mode}") & (frame.variant == "")]
                 records[-1].update(_communication_cells(costs, texts.get((direction, task)),
                                                         bridges.get((direction, task)), mode))
+                fuser = _accuracy(frame, direction=direction, run_variant="fuser", task=task, method="fuser_aware",
+                                  variant="")
+                records[-1]["fuser"] = "" if mode != "aware" else (
+                    _cell(fuser.value, _n(fuser)) if len(fuser) else "not run")
     table = pd.DataFrame(records).set_index(["direction", "task", "mode"])
     notes.append("transfer: the receiver with the sender's transformed cache before its prompt; shuffled: another "
                  "example's transformed cache; zero: the receiver's own sink, then zeros; no communication: the "
@@ -216,7 +253,8 @@ def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
                  "transformation + the receiver's prompt after the transferred cache; text = the sender's prompt and "
                  "generation + the receiver's reading of the message (its demonstrations left out: text's cost is "
                  "counted low). text/cache: the ratio. LatentWire: study 1's soft-token bridge (trained per task) of "
-                 "the same direction, every seed it ran; not run where study 1 does not train it.")
+                 "the same direction, every seed it ran; not run where study 1 does not train it. fuser: the C2C-style "
+                 "gated fuser (aware only; its controls in table_fuser).")
     notes.append(f"seeds per direction: {json.dumps(seeds)}; majority and random: study 1's baselines on the same rows")
     out = out_dir / "table_main"
     write_table(table, out, "Dense KV transfer: accuracy, mean ± std over seeds (n = eval rows)", "dense_main", notes)
@@ -338,8 +376,9 @@ def write_all(config: dict, out_dir: str | Path) -> list[Path]:
     frame, preds = load(config)
     paths = [main_table(config, frame, preds, out_dir), *duality(config, frame, out_dir),
              reconstruction_table(config, out_dir), *alignment_figure(config, out_dir)]
-    phases, compute = phase_table(config, frame, out_dir), compute_table(config, frame, out_dir)
-    paths += [p for p in (phases, compute) if p]
+    optional = (phase_table(config, frame, out_dir), compute_table(config, frame, out_dir),
+                fuser_table(config, frame, preds, out_dir))
+    paths += [p for p in optional if p]
     stems = {p.stem for p in paths}
     for stale in out_dir.iterdir():   # another config's outputs never stay beside this one's
         if stale.is_file() and stale.stem not in stems:

@@ -40,13 +40,23 @@ def train_job(sender_dir, receiver_dir, tasks: dict, prompts: dict, config: dict
 
 def evaluate_job(transform_dir, sender_dir, receiver_dir, task_name: str, task: dict, split, sender_store,
                  prompts: dict, out, *, base: dict, seed: int, keep_fractions=(), modes=MODES, alone: bool = True,
-                 zero: bool = True, device=torch.device("cpu"), batch_size: int = 16) -> Path:
-    """Tidy rows (and predictions) of one task for a trained direction: both modes, controls, baselines."""
+                 zero: bool = True, device=torch.device("cpu"), batch_size: int = 16,
+                 receiver_store=None) -> Path:
+    """Tidy rows (and predictions) of one task for a trained direction: both modes, controls, baselines.
+    With `receiver_store` (the receiver's own cache of the eval split): the fuser baseline (fuse.py)."""
     sender, receiver_model, receiver_tokenizer = _models(sender_dir, receiver_dir, device)
     transform, record = load_transform(transform_dir)
     data = load_task(task_name, task, split, sender_store, sender, receiver_tokenizer, prompts)
     receiver = Receiver(receiver_model, receiver_tokenizer, task["verbalizers"])
     ends = Ends(sender[1], receiver_model, receiver_tokenizer)
+    if receiver_store is not None:
+        from .fuse import METHOD, evaluate_fuser
+
+        rows = evaluate_fuser(transform, data, receiver, ActivationStore(receiver_store), ends, base=base, seed=seed,
+                              batch_size=batch_size)
+        rows.append(parameters_row(dict(base, task=task_name, method=METHOD, seed=seed),
+                                   record["trainable_parameters"], len(data.examples)))
+        return write_rows(rows, out)
     rows = evaluate_task(transform, data, receiver, ends, base=base, seed=seed, keep_fractions=keep_fractions,
                          modes=modes, batch_size=batch_size, alone=alone, zero=zero)
     rows.append(parameters_row(dict(base, task=task_name, method=f"cache_{modes[0]}", seed=seed),

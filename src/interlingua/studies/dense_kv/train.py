@@ -148,12 +148,17 @@ def train_direction(tasks: dict[str, TaskData], receiver_stores: dict[str, Activ
               "source_shape": asdict(source), "target_shape": asdict(target), "tasks": sorted(tasks)}
     if "reconstruction" in config.phases:
         record["phase1"] = phase1(transform, tasks, receiver_stores, ends, config, generator)
-    curve = []
+    curve, module = [], transform
     if "generation" in config.phases and config.steps > 0:
         curve = phase2(transform, tasks, ends, config, seed, out_dir, run_key)
+    if "fusion" in config.phases:
+        from .fuse import GatedFuser, train_fuser
+
+        module = GatedFuser(transform)
+        curve = train_fuser(module, tasks, receiver_stores, ends, config, seed, out_dir, run_key)
     record["curve"] = curve
-    record["trainable_parameters"] = sum(p.numel() for p in transform.parameters())
-    atomic_save(out_dir / "transform.pt", {"record": record, "state": transform.state_dict()})
+    record["trainable_parameters"] = sum(p.numel() for p in module.parameters())
+    atomic_save(out_dir / "transform.pt", {"record": record, "state": module.state_dict()})
     return record
 
 
@@ -209,6 +214,10 @@ def load_transform(path: str | Path) -> tuple[DenseTransform, dict]:
     record = saved["record"]
     transform = DenseTransform(CacheShape(**record["source_shape"]), CacheShape(**record["target_shape"]),
                                DenseConfig(**record["config"]["dense"]))
+    if "fusion" in record["config"]["phases"]:   # the fuser baseline: the transformation inside its gates
+        from .fuse import GatedFuser
+
+        transform = GatedFuser(transform)
     transform.load_state_dict(saved["state"])
     transform.requires_grad_(False)
     return transform, record
