@@ -23,7 +23,7 @@ DVC = str(BIN / "dvc")
 needs_dvc = pytest.mark.skipif(not (BIN / "dvc").exists(), reason="dvc is not installed")
 # The interlingua commands each stage's Snakemake target runs (its jobs; upstream stages come first).
 STAGE_COMMANDS = {
-    "models": ["materialize-model"],
+    "models": ["materialize-model", "continue-model"],
     "tasks": ["materialize-task"],
     "extract": ["extract"],
     "train": ["train-bridge", "train-prompt-tuning", "train-finetune"],
@@ -31,7 +31,7 @@ STAGE_COMMANDS = {
                  "measure-latency", "measure-throughput", "collect"],
     "figures": ["report", "figures-readme", "soft-token-neighbours", "kv-report", "dense-report"],
     "kv_alignment": ["pool-corpus", "pool-pretrain", "kv-align", "kv-portability"],
-    "dense_kv": ["extract", "dense-train", "dense-evaluate"],
+    "dense_kv": ["extract", "dense-train", "dense-evaluate", "dense-text"],
 }
 
 

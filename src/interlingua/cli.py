@@ -35,6 +35,12 @@ def cmd_materialize_model(args):
     print(materialize(args.alias, spec["model"], args.out))
 
 
+def cmd_continue_model(args):
+    from .continued import materialize_continued
+    spec, _, _ = _runtime(args)
+    print(materialize_continued(args.alias, spec["model"], args.base_dir, args.datasets, args.out))
+
+
 def cmd_materialize_task(args):
     from .tasks import materialize_split
     spec, _, _ = _runtime(args)
@@ -397,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("config", {"nargs": "+"}))
     command("materialize-model", cmd_materialize_model, "load a model from its source once; save safetensors",
             ("--alias", req), ("--out", req))
+    command("continue-model", cmd_continue_model,
+            "a model briefly trained further on a text corpus (models.<alias>.continued); saved as materialize-model",
+            ("--alias", req), ("--base-dir", req), ("--datasets", req), ("--out", req))
     command("materialize-task", cmd_materialize_task, "validate, subsample and save one task split",
             ("--task", req), ("--role", {"required": True, "choices": ["train", "eval"]}), ("--out", req))
     command("extract", cmd_extract, "sender hidden states of a split -> Zarr store",

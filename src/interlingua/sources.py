@@ -225,7 +225,7 @@ def code_hash(command: str, root: Path = PACKAGE_DIR) -> str:
 
 
 # What builds the DAG: every DVC stage runs Snakemake, which imports these to plan its jobs.
-DAG_MODULES = ("config.py", "study.py", "sources.py", "fingerprint.py", "tasks.py", "zoo.py", "errors.py",
+DAG_MODULES = ("config.py", "study.py", "sources.py", "fingerprint.py", "tasks.py", "zoo.py", "errors.py", "continued.py",
                "schemas/config.schema.yaml", "studies/__init__.py", "studies/kv_alignment/__init__.py",
                "studies/kv_alignment/plan.py", "studies/kv_alignment/configs.py", "studies/kv_alignment/corpus.py",
                "studies/kv_alignment/pretrain.py", "studies/dense_kv/__init__.py", "studies/dense_kv/plan.py",

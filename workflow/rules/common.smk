@@ -113,6 +113,17 @@ def mirror_input(wildcards):
 @functools.cache
 def _model_request(alias):
     entry = config["models"][alias]
+    if "continued" in entry:   # the base's whole request and the corpus files' hashes decide it
+        from interlingua.continued import corpus_files
+
+        base = entry["continued"]["base"]
+        if base not in config["models"] or base == alias:
+            raise WorkflowError(f"models.{alias}.continued.base: '{base}' is not another model alias")
+        mirror = Path(config["paths"]["datasets"])
+        files = {"base": _model_request(base),
+                 "corpus": {rel: file_sha256(mirror / rel) if (mirror / rel).is_file() else None
+                            for rel in corpus_files(entry["continued"].get("corpus", "wikitext"))}}
+        return {**entry, "files": files, "code": code("materialize-model")}
     return {**entry, "files": source_files(entry), "code": code("materialize-model")}
 
 

@@ -240,10 +240,12 @@ rule dense_report:
 
 
 rule dense_kv_runs:
-    """Every trained transformation and its scored tasks (what DVC's dense_kv stage caches; its two
-    directories exist even when the config plans no study 3, so the stage's outputs always do)."""
+    """Every trained transformation, its scored tasks and the text relay at shorter limits (what DVC's dense_kv
+    stage caches; its two directories exist even when the config plans no study 3, so the stage's outputs
+    always do)."""
     input:
         dense_results(),
+        dense_plan.text_limit_results(config),
     shell:
         f"mkdir -p {dense_plan.STORES_DIR} {dense_plan.RUNS_DIR}"
 

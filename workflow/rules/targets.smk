@@ -3,7 +3,9 @@
 
 rule models:
     input:
-        expand("data/models/{model}", model=study_models()),
+        # study 1's models and study 3's directions' (a `continued` model among them is trained here)
+        expand("data/models/{model}", model=sorted(set(study_models()) | {
+            m for d in dense_kv_plan.directions(config).values() for m in (d["sender"], d["receiver"])})),
 
 
 rule tasks:
