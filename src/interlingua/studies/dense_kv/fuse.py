@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,9 +21,8 @@ from ...channels.kv.dense import pool, position_free
 from ...channels.kv.fuser import GatedFuser, fuse_in_place
 from ...channels.kv.rotary import rotate
 from ...evaluate import rows_for
-from ...fingerprint import fingerprint
 from ...receiver import Receiver
-from ...runtime import atomic_save, derangement, lr_lambda
+from ...runtime import derangement
 from ...store import ActivationStore
 from .configs import DenseRunConfig
 from .data import TaskData
@@ -73,50 +71,19 @@ def rows_by_example(store: ActivationStore) -> dict[int, int]:
 
 def train_fuser(fuser: GatedFuser, tasks: dict[str, TaskData], own_stores: dict[str, ActivationStore], ends,
                 config: DenseRunConfig, seed: int, out_dir: Path, run_key: str) -> list[dict]:
-    """The receiver's label loss with the fused cache before the question; resumable like phase 2."""
-    from .train import after
+    """The receiver's label loss with the fused cache before the question (train.train_steps: resumable)."""
+    from .train import after, train_steps
 
     receivers = {name: Receiver(ends.model, ends.tokenizer, data.task["verbalizers"]) for name, data in tasks.items()}
     indexes = {name: rows_by_example(store) for name, store in own_stores.items()}
-    names = sorted(tasks)
-    params = list(fuser.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup, config.steps))
-    picker = random.Random(seed + 2)
-    resume = out_dir / "resume.pt"
-    key = fingerprint({"run": run_key, "config": asdict(config), "seed": seed, "tasks": names, "fuser": True})
-    start, curve = 0, []
-    if resume.exists():
-        state = torch.load(resume, map_location="cpu", weights_only=False)
-        if state["key"] == key:
-            fuser.load_state_dict(state["fuser"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            picker.setstate(state["random"])
-            torch.set_rng_state(state["rng"])
-            start, curve = state["step"], state["curve"]
-    bar = tqdm(range(start, config.steps), total=config.steps, initial=start, desc="fuser")
-    for step in bar:
-        name = names[step % len(names)]
-        data = tasks[name]
-        batch = picker.sample(data.examples, min(config.batch, len(data.examples)))
+
+    def loss(name, data, batch, mode):
         block = fused(fuser, data, batch, own_cache(own_stores[name], indexes[name], batch), ends)
         prompt = after(receivers[name], block, [e.prompt_ids["unaware"] for e in batch])
-        loss = receivers[name].label_loss(prompt, torch.tensor([e.label for e in batch]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        curve.append({"step": step + 1, "task": name, "mode": "aware", "loss": float(loss.detach())})
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        done = step + 1
-        if done % config.checkpoint_every == 0 and done < config.steps:
-            atomic_save(resume, {"key": key, "step": done, "fuser": fuser.state_dict(),
-                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "random": picker.getstate(), "rng": torch.get_rng_state(), "curve": curve})
-    resume.unlink(missing_ok=True)
-    return curve
+        return receivers[name].label_loss(prompt, torch.tensor([e.label for e in batch]))
+
+    return train_steps(fuser, tasks, config, loss, out_dir, {"run": run_key, "seed": seed}, random.Random(seed + 2),
+                       desc="fuser", modes=["aware"])
 
 
 @torch.no_grad()

@@ -164,33 +164,47 @@ def train_direction(tasks: dict[str, TaskData], receiver_stores: dict[str, Activ
 
 def phase2(transform: DenseTransform, tasks: dict[str, TaskData], ends: Ends, config: DenseRunConfig, seed: int,
            out_dir: Path, run_key: str) -> list[dict]:
+    """The receiver's label loss with the transferred cache before its prompt (tasks in turn; with mode
+    "joint" the two prompts in turn too)."""
     receivers = {name: Receiver(ends.model, ends.tokenizer, data.task["verbalizers"]) for name, data in tasks.items()}
+
+    def loss(name, data, batch, mode):
+        prompt = after(receivers[name], transferred(transform, data, batch, ends), [e.prompt_ids[mode] for e in batch])
+        return receivers[name].label_loss(prompt, torch.tensor([e.label for e in batch]))
+
+    return train_steps(transform, tasks, config, loss, out_dir, {"run": run_key, "seed": seed}, random.Random(seed + 1),
+                       desc="phase 2")
+
+
+def train_steps(module: torch.nn.Module, tasks: dict[str, TaskData], config: DenseRunConfig, loss_of, out_dir: Path,
+                key: dict, picker: random.Random, desc: str, modes=None) -> list[dict]:
+    """`config.steps` AdamW steps of `loss_of(name, data, batch, mode)` over `module`'s parameters: one task per
+    step in turn, the mode `config.mode` (joint: unaware and aware in turn) unless `modes` fixes the turn.
+    Resumable every `checkpoint_every` steps (out_dir/resume.pt, keyed by `key`, the config and the tasks)."""
     names = sorted(tasks)
-    params = list(transform.parameters())
+    params = list(module.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup, config.steps))
-    picker = random.Random(seed + 1)
+    modes = modes or ([config.mode] if config.mode != "joint" else ["unaware", "aware"])
     resume = out_dir / "resume.pt"
-    key = fingerprint({"run": run_key, "config": asdict(config), "seed": seed, "tasks": names})
+    key = fingerprint(dict(key, config=asdict(config), tasks=names, desc=desc))
     start, curve = 0, []
     if resume.exists():
         state = torch.load(resume, map_location="cpu", weights_only=False)
         if state["key"] == key:
-            transform.load_state_dict(state["transform"])
+            module.load_state_dict(state["module"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             picker.setstate(state["random"])
             torch.set_rng_state(state["rng"])
             start, curve = state["step"], state["curve"]
-    bar = tqdm(range(start, config.steps), total=config.steps, initial=start, desc="phase 2")
+    bar = tqdm(range(start, config.steps), total=config.steps, initial=start, desc=desc)
     for step in bar:
         name = names[step % len(names)]
         data = tasks[name]
-        mode = config.mode if config.mode != "joint" else ("unaware", "aware")[(step // len(names)) % 2]
+        mode = modes[(step // len(names)) % len(modes)]
         batch = picker.sample(data.examples, min(config.batch, len(data.examples)))
-        block = transferred(transform, data, batch, ends)
-        prompt = after(receivers[name], block, [e.prompt_ids[mode] for e in batch])
-        loss = receivers[name].label_loss(prompt, torch.tensor([e.label for e in batch]))
+        loss = loss_of(name, data, batch, mode)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -200,7 +214,7 @@ def phase2(transform: DenseTransform, tasks: dict[str, TaskData], ends: Ends, co
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         done = step + 1
         if done % config.checkpoint_every == 0 and done < config.steps:
-            atomic_save(resume, {"key": key, "step": done, "transform": transform.state_dict(),
+            atomic_save(resume, {"key": key, "step": done, "module": module.state_dict(),
                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "random": picker.getstate(), "rng": torch.get_rng_state(), "curve": curve})
     resume.unlink(missing_ok=True)
