@@ -153,7 +153,7 @@ def dense_text_spec(w):
     (eval_relay's spec), and the limits."""
     d = dense_direction(w.direction)
     relay = SimpleNamespace(mode="text_relay", sender=d["sender"], receiver=d["receiver"], task=w.task)
-    return spec(**json.loads(relay_eval_request(relay)), limits=DENSE.get("text_limits", []))
+    return spec(**json.loads(relay_eval_request(relay)), limits=dense_plan.text_limits(config))
 
 
 def dense_text_inputs(w):
@@ -171,7 +171,7 @@ rule dense_text:
         direction=ALIAS,
         task=ALIAS,
     output:
-        [f"{dense_plan.RUNS_DIR}/{{direction}}/text/{{task}}/limit{limit}.csv" for limit in DENSE.get("text_limits", [])],
+        [f"{dense_plan.RUNS_DIR}/{{direction}}/text/{{task}}/limit{limit}.csv" for limit in dense_plan.text_limits(config)],
     params:
         spec=dense_text_spec,
         code=code("dense-text"),
@@ -227,7 +227,7 @@ rule dense_report:
         spec=lambda w: spec(config={"dense_kv": DENSE, "tasks": {t: prompt_spec(config["tasks"][t])
                                                                   for t in dense_plan.eval_tasks(config)},
                                     "text_runs": dense_plan.text_runs(config),
-                                    "relay_max_new_tokens": config["relay"]["max_new_tokens"],
+                                    "relay": {"max_new_tokens": config["relay"]["max_new_tokens"]},
                                     "alignment_split": f"data/tasks/{dense_plan.train_tasks(config)[0]}/"
                                                        f"{split_name(dense_plan.train_tasks(config)[0], 'eval')}.jsonl",
                                     "bridge_results": [[d, t, paths] for (d, t), paths

@@ -84,8 +84,9 @@ def text_runs(config: dict) -> list[tuple[str, str]]:
 
 
 def text_limits(config: dict) -> list[int]:
-    """The shorter limits study 1's relay is also read at (the compute table)."""
-    return [int(limit) for limit in section(config).get("text_limits", [])]
+    """The shorter limits study 1's relay is also read at (the compute table): those below its own cap."""
+    cap = (config.get("relay") or {}).get("max_new_tokens")
+    return [int(limit) for limit in section(config).get("text_limits", []) if cap is None or int(limit) < cap]
 
 
 def text_limit_result(direction: str, task: str, limit: int) -> str:

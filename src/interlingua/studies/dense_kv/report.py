@@ -150,7 +150,7 @@ def compute_table(config: dict, frame, out_dir: Path) -> Path | None:
             records.append(dict(base, method=f"cache ({mode})", accuracy=_cell(accuracy.value, _n(accuracy)),
                                 GFLOP=_gflop(cache_flops[mode]), tokens="",
                                 seconds=_seconds(_metric(cache, "seconds_per_example"))))
-        cap = config.get("relay_max_new_tokens")
+        cap = (config.get("relay") or {}).get("max_new_tokens")
         for label, rows in [(f"text (policy{f', <= {cap} tokens' if cap else ''})", policy)] + \
                 [(f"text (<= {limit} tokens)", rows) for limit, rows in sorted(limits.get((direction, task), {}).items())]:
             accuracy = rows[rows.metric == "accuracy"]
