@@ -687,13 +687,23 @@ OTHER_OUTPUTS = {"soft_token_neighbours": "Nearest receiver-vocabulary tokens (c
                                           "the soft tokens' pairwise cosine, for a few examples per class."}
 
 
+def _table_caption(path: Path) -> str:
+    """The first line of a study's table (its caption), or of the table beside a figure."""
+    table = path.with_suffix(".md")
+    try:
+        return table.read_text(encoding="utf-8").splitlines()[0].replace("|", "/")
+    except (OSError, IndexError):
+        return ""
+
+
 def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit: str,
                    prune: bool = False) -> list[Path]:
     """figures/README.md: every table and figure, and what produced it. With `prune`, the other files
     beside it (an earlier config's outputs) are removed first, so the folder holds only what this config
     produced; subfolders (other studies' figures) and hidden files are left alone. Returns the removed files."""
     out_path = Path(out_path)
-    keep = {Path(path).name for path in outputs} | {out_path.name}
+    nested = lambda path: Path(path).parent.name != out_path.parent.name  # noqa: E731  (a study's subfolder)
+    keep = {Path(path).name for path in outputs if not nested(path)} | {out_path.name}
     removed = sorted(p for p in out_path.parent.iterdir()
                      if p.is_file() and p.name not in keep and not p.name.startswith(".")) \
         if prune and out_path.parent.is_dir() else []
@@ -705,10 +715,13 @@ def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit
              "files below (files of an earlier config are removed).", "",
              "| file | what |", "|---|---|"]
     for path in outputs:
-        name = Path(path).stem
-        doc = ((FIGURES[name].__doc__ or "").strip().splitlines() or [""])[0] if name in FIGURES else \
-            OTHER_OUTPUTS.get(name, "")
-        lines.append(f"| `{Path(path).name}` | {doc} |")
+        name, shown = Path(path).stem, Path(path).name
+        if nested(path):   # another study's subfolder: named with it, described by its table's caption
+            shown, doc = f"{Path(path).parent.name}/{Path(path).name}", _table_caption(Path(path))
+        else:
+            doc = ((FIGURES[name].__doc__ or "").strip().splitlines() or [""])[0] if name in FIGURES else \
+                OTHER_OUTPUTS.get(name, "")
+        lines.append(f"| `{shown}` | {doc} |")
     if removed:
         lines += ["", "Removed when this config ran (not produced by it): "
                   + ", ".join(f"`{p.name}`" for p in removed) + "."]
