@@ -239,6 +239,14 @@ def test_editing_a_kv_translator_reruns_alignment_runs_not_the_pool_or_latentwir
     assert not jobs & {"kv_pool_corpus", "kv_pretrain_member", "extract", "train_bridge", "materialize_model"}
 
 
+def test_editing_the_collect_code_reruns_every_report_downstream_in_one_invocation(smoke_run, tmp_path):
+    """collect_results reruns on a code change; the report behind it and figures/README.md behind that rerun in
+    the same `snakemake figures` (their inputs are ancient only while their producers' spec and code hold)."""
+    jobs = jobs_after_edit(smoke_run, tmp_path, "paired.py", "    n = b + c\n", "    n = b + c + 0\n")
+    assert {"collect_results", "report", "figures_readme"} <= jobs
+    assert not jobs & {"train_bridge", "extract", "kv_align", "dense_train"}
+
+
 def test_bridge_hyperparameter_reruns_training_not_extraction(smoke_run, tmp_path):
     override = tmp_path / "wider.yaml"
     override.write_text(yaml.safe_dump({"bridges": {"perceiver": {"dim": 16}}}))

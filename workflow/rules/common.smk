@@ -256,7 +256,21 @@ def unless_rerun(path, producer_spec):
         recorded = workflow.persistence.params(IOFile(path))
     except Exception:  # no persistence (e.g. --lint): as without a record
         recorded = None
-    return path if recorded and repr(producer_spec) not in recorded else ancient(path)
+    if not recorded:
+        return ancient(path)
+    # the producer's spec, and its `code` param where the code is kept apart from the spec (reports)
+    code = producer_code(path)
+    stale = repr(producer_spec) not in recorded or (code is not None and repr(code) not in recorded)
+    return path if stale else ancient(path)
+
+
+def producer_code(path):
+    """The `code` param of the job that writes `path`, or None (a rule without one)."""
+    from snakemake.iocontainers import Wildcards
+
+    producer = next((r for r in workflow.rules if not r.norun and r.is_producer(path)), None)
+    value = dict(producer.params.items()).get("code") if producer is not None else None
+    return value(Wildcards(fromdict=producer.get_wildcards(path))) if callable(value) else value
 
 
 def producer_params(path):

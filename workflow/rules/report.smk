@@ -48,9 +48,10 @@ rule figures_readme:
     Also removes the top-level files of figures/ that the current config does not produce (an earlier
     config's tables); subfolders (other studies' figures) are left alone."""
     input:
-        figures=ancient([f for f in study_plan.study_figures(config)]),  # what decides them is in params
-        kv_alignment=ancient(kv_alignment_plan.figures(config)),
-        dense_kv=ancient(dense_kv_plan.figures(config)),
+        # ancient unless the report writing them reruns now (its spec or code changed): then so must this
+        figures=lambda w: [unless_rerun(f, producer_params(f)["spec"]) for f in study_plan.study_figures(config)],
+        kv_alignment=lambda w: [unless_rerun(f, producer_params(f)["spec"]) for f in kv_alignment_plan.figures(config)],
+        dense_kv=lambda w: [unless_rerun(f, producer_params(f)["spec"]) for f in dense_kv_plan.figures(config)],
         # Current unless a result's request changed (then the report reruns and so must this; Snakemake does
         # not rerun a job behind ancient inputs on a params change upstream).
         results=lambda w: unless_rerun("results/results.csv", results_request()),
