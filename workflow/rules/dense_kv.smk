@@ -163,27 +163,29 @@ def dense_text_inputs(w):
             "sender": model_input(d["sender"]), "receiver": model_input(d["receiver"])}
 
 
-rule dense_text:
-    """Study 1's text relay of a direction and task cut to each shorter limit, read by the receiver as there."""
-    input:
-        unpack(dense_text_inputs),
-    wildcard_constraints:
-        direction=ALIAS,
-        task=ALIAS,
-    output:
-        [f"{dense_plan.RUNS_DIR}/{{direction}}/text/{{task}}/limit{limit}.csv" for limit in dense_plan.text_limits(config)],
-    params:
-        spec=dense_text_spec,
-        code=code("dense-text"),
-        out=f"{dense_plan.RUNS_DIR}/{{direction}}/text/{{task}}",
-    log:
-        "logs/dense_kv/text/{direction}/{task}.log",
-    benchmark:
-        "results/benchmarks/dense_kv/text/{direction}/{task}.tsv"
-    shell:
-        "{CLI} dense-text --task {wildcards.task} --relay {input.relay} --split {input.split} "
-        "--train-split {input.train} --sender-dir {input.sender} --receiver-dir {input.receiver} "
-        "--spec {params.spec:q} --threads {threads} --out-dir {params.out} > {log} 2>&1"
+if dense_plan.text_limits(config):   # a rule needs outputs; none without shorter limits
+
+    rule dense_text:
+        """Study 1's text relay of a direction and task cut to each shorter limit, read by the receiver as there."""
+        input:
+            unpack(dense_text_inputs),
+        wildcard_constraints:
+            direction=ALIAS,
+            task=ALIAS,
+        output:
+            [f"{dense_plan.RUNS_DIR}/{{direction}}/text/{{task}}/limit{limit}.csv" for limit in dense_plan.text_limits(config)],
+        params:
+            spec=dense_text_spec,
+            code=code("dense-text"),
+            out=f"{dense_plan.RUNS_DIR}/{{direction}}/text/{{task}}",
+        log:
+            "logs/dense_kv/text/{direction}/{task}.log",
+        benchmark:
+            "results/benchmarks/dense_kv/text/{direction}/{task}.tsv"
+        shell:
+            "{CLI} dense-text --task {wildcards.task} --relay {input.relay} --split {input.split} "
+            "--train-split {input.train} --sender-dir {input.sender} --receiver-dir {input.receiver} "
+            "--spec {params.spec:q} --threads {threads} --out-dir {params.out} > {log} 2>&1"
 
 
 def dense_results():
