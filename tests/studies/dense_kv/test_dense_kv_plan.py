@@ -41,3 +41,15 @@ def test_duality_task_not_scored_is_refused(config):
     config["dense_kv"]["duality_tasks"] = ["sst2", "banking77"]
     with pytest.raises(ConfigError, match="duality_tasks: 'banking77'"):
         plan.check(config)
+
+
+def test_phase_ablation_scored_on_ablation_tasks_only(config):
+    """The method's runs are scored on every task (ood included); the phase ablation on `ablation_tasks`."""
+    config["dense_kv"]["ablation_tasks"] = ["sst2"]
+    assert plan.run_tasks(config, "phase1") == plan.run_tasks(config, "phase2") == ["sst2"]
+    assert plan.run_tasks(config, "both") == plan.run_tasks(config, "fuser") == plan.eval_tasks(config)
+    del config["dense_kv"]["ablation_tasks"]
+    assert plan.run_tasks(config, "phase2") == plan.eval_tasks(config)
+    config["dense_kv"]["ablation_tasks"] = ["banking77"]
+    with pytest.raises(ConfigError, match="ablation_tasks: 'banking77'"):
+        plan.check(config)

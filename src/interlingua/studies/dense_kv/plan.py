@@ -5,7 +5,8 @@ One transformation per direction, variant and seed, trained on the `tasks` (join
 on the out-of-domain `ood` tasks it never saw:
     results/dense_kv/<direction>/<variant>/seed<seed>/transform.pt, <task>.csv
 Variants: `both` (phase 1 then phase 2: the method, every direction and seed) and, on the `headline`
-direction's first seed, the phase ablation `phase1` (reconstruction only) and `phase2` (generation only).
+direction's first seed, the phase ablation `phase1` (reconstruction only) and `phase2` (generation only),
+scored on the `ablation_tasks` (run_tasks).
 Every run is scored with its shuffled control; what does not depend on the trained transformation (the zeroed
 cache, the receiver alone) once per direction, in the run of `both` with its first seed; the kept-fraction
 sweep (the duality) in the headline direction's first `both` run, on the `duality_tasks` (eval_options).
@@ -47,6 +48,14 @@ def train_tasks(config: dict) -> list[str]:
 
 def eval_tasks(config: dict) -> list[str]:
     return train_tasks(config) + [t for t in section(config).get("ood", []) if t not in train_tasks(config)]
+
+
+def run_tasks(config: dict, variant: str) -> list[str]:
+    """The tasks one run is scored on: every eval task, but the phase ablation (`phase1`, `phase2`) only on
+    `dense_kv.ablation_tasks` (default: every eval task)."""
+    if variant in ("phase1", "phase2"):
+        return list(section(config).get("ablation_tasks", eval_tasks(config)))
+    return eval_tasks(config)
 
 
 def runs(config: dict) -> list[tuple[str, str, int]]:
@@ -205,10 +214,11 @@ def check(config: dict, valid: dict | None = None) -> None:
     for name in fuser if isinstance(fuser, list) else []:
         if name not in directions(config):
             raise ConfigError(f"dense_kv.fuser: '{name}' is not a direction ({sorted(directions(config))})")
-    for task in dense.get("duality_tasks", []):
-        if task not in eval_tasks(config):
-            raise ConfigError(f"dense_kv.duality_tasks: '{task}' is not scored by study 3 (tasks + ood: "
-                              f"{eval_tasks(config)})")
+    for key in ("duality_tasks", "ablation_tasks"):
+        for task in dense.get(key, []):
+            if task not in eval_tasks(config):
+                raise ConfigError(f"dense_kv.{key}: '{task}' is not scored by study 3 (tasks + ood: "
+                                  f"{eval_tasks(config)})")
     DenseRunConfig.from_dict(dense.get("train", {}))
 
 

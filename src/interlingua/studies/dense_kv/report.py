@@ -26,7 +26,7 @@ def load(config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(result rows, prediction rows) of every scored run, with `direction` and `variant` columns."""
     rows, predictions = [], []
     for direction, variant, seed in plan.runs(config):
-        for task in plan.eval_tasks(config):
+        for task in plan.run_tasks(config, variant):
             path = Path(plan.run_dir(direction, variant, seed)) / f"{task}.csv"
             rows.append(pd.read_csv(path).assign(direction=direction, run_variant=variant))
             predictions.append(pd.read_csv(path.with_name(f"{task}.predictions.csv"))
@@ -285,7 +285,7 @@ def phase_table(config: dict, frame, out_dir: Path) -> Path | None:
         return None
     seed = variants[0][1]
     records = []
-    for task in plan.eval_tasks(config):
+    for task in plan.run_tasks(config, "phase1"):
         for mode in MODES:
             row = {"task": task, "mode": mode}
             for variant, label in (("phase1", "phase 1 only"), ("phase2", "phase 2 only"), ("both", "both phases")):
