@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from interlingua.channels.kv.tokens import align, char_spans
+from interlingua.channels.kv.tokens import align, char_spans, decoded_spans, stretch
 from interlingua.errors import DataError
 
 TEXTS = [
@@ -58,3 +58,27 @@ def test_real_tokenizers_cover_every_character_monotonically(real_tokenizers, te
             assert overlapping == list(range(alignment.lo[r], alignment.hi[r]))
         else:       # special tokens (<bos>) read nothing
             assert alignment.lo[r] == alignment.hi[r]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+@pytest.mark.parametrize("pool,own", [("smollm2", "gemma3"), ("gemma3", "smollm2")])
+def test_given_ids_get_spans_of_their_decoded_text(real_tokenizers, text, pool, own):
+    """A pool's window is token ids, not text: decoded_spans gives each id its characters of the decoded text
+    (monotone, covering it), so another tokenizer's tokens of that text align to the ids."""
+    ids = real_tokenizers[pool](text, add_special_tokens=False).input_ids
+    decoded, spans = decoded_spans(real_tokenizers[pool], ids)
+    assert decoded == real_tokenizers[pool].decode(ids, clean_up_tokenization_spaces=False)
+    assert len(spans) == len(ids) and spans[0][0] == 0 and spans[-1][1] == len(decoded)
+    assert all(a <= b and b == c for (a, b), (c, _) in zip(spans, spans[1:]))   # contiguous, in order
+    for token, (a, b) in zip(ids, spans):
+        piece = real_tokenizers[pool].decode([token])
+        if "\ufffd" not in piece and b > a:   # a whole-character token: exactly its own text
+            assert decoded[a:b] == piece
+    _, own_spans = char_spans(real_tokenizers[own], decoded, add_special_tokens=False)
+    alignment = align(own_spans, spans)
+    assert len(alignment.kept) == sum(b > a for a, b in own_spans)   # every real token reads some id
+
+
+def test_stretch_lays_another_texts_tokens_over_this_text():
+    assert stretch([(0, 2), (2, 4)], 8) == [(0, 4), (4, 8)]
+    assert stretch([(0, 0)], 5) == [(0, 0)]

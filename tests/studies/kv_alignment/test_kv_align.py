@@ -110,3 +110,23 @@ def test_the_plan_names_a_bad_reference():
         plan.member_dir(CONFIG, "s9")
     with pytest.raises(ConfigError, match="step 100"):
         plan.member_dir(CONFIG, "s0@100")
+
+
+def test_a_member_of_another_tokenizer_joins_by_characters(pool, tiny_models):
+    """A model reading bytes (the pool reads BPE ids) joins: its positions are its own tokens of the windows'
+    text, pooled onto the pool's positions by characters. Trained as a source, its translated prefix beats
+    the shuffled one (another window's bytes stretched over this text) and no prefix; as a target, every
+    condition is scored on its own tokens of the same suffix text."""
+    out = align_job({"small": pool["small"], "bytes": tiny_models["sender"]}, pool["corpus"], pool["tokenizer"],
+                    {**ALIGN, "translator": {"type": "linear", "shared_dim": 64}}, 0, pool["root"] / "join",
+                    paths=[("bytes", "small")])
+    final = _final(out)
+    matched = final[("bytes", "small", "matched")]
+    assert matched < final[("bytes", "small", "shuffled")] - 0.05, final
+    assert matched < final[("small", "small", "none")] - 0.02, final
+    scores = pd.read_csv(out / "scores.csv")
+    into = scores[scores.target == "bytes"]
+    assert set(into.condition) == {"none", "own", "matched", "shuffled", "zero"} and into.nll.notna().all()
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        align_job({"small": pool["small"], "bytes": tiny_models["sender"]}, pool["corpus"], pool["tokenizer"],
+                  {**ALIGN, "translator": {"type": "ridge"}}, 0, pool["root"] / "join_ridge")

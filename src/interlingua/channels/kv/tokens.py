@@ -82,3 +82,29 @@ def align(receiver_spans: list[tuple[int, int]], sender_spans: list[tuple[int, i
             lo.append(at)
             hi.append(at)
     return Alignment(lo, hi, used)
+
+
+def decoded_spans(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """The text `ids` decode to and each id's character span in it (ids given, not re-tokenized: e.g. a window
+    of a pool that reads token ids). Spans come from the decoded length of each growing prefix; a byte-level
+    token that ends inside a multi-byte character gets an empty span and the character goes to the next."""
+    decode = lambda part: tokenizer.decode(part, clean_up_tokenization_spaces=False)  # noqa: E731
+    text = decode(ids)
+    spans, end = [], 0
+    for k in range(1, len(ids) + 1):
+        part = decode(ids[:k]) if k < len(ids) else text
+        unfinished = k < len(ids) and part.endswith("\ufffd")
+        upto = end if unfinished else min(max(len(part), end), len(text))
+        spans.append((end, upto))
+        end = upto
+    return text, spans
+
+
+def stretch(spans: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """Spans of one text rescaled onto a text of `length` characters (monotone, covering it): another example's
+    tokens laid over this example's characters (the shuffled control across tokenizers)."""
+    total = max((b for _, b in spans), default=0)
+    if total == 0:
+        return [(0, 0)] * len(spans)
+    scale = lambda c: round(c * length / total)  # noqa: E731
+    return [(scale(a), scale(b)) for a, b in spans]

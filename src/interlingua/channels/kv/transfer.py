@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import ConfigError, DataError
 from .cache import KVBlock, concat, kv_of
 from .rotary import RotarySpec, rotary_specs, rotate, unrotate
 from .translators import KV
@@ -57,3 +58,32 @@ def zero_block(block: KVBlock, target: Endpoint) -> KVBlock:
     keys = [s.new_zeros(shape(s)) for s in target.sink.keys]
     values = [s.new_zeros(shape(s)) for s in target.sink.values]
     return concat(target.sink, KVBlock(keys, values, body.mask, body.positions))
+
+
+def translate_pooled(space, src: str, tgt: str, block: KVBlock, source: Endpoint, target: Endpoint,
+                     pooling: torch.Tensor, mask: torch.Tensor) -> KVBlock:
+    """Across tokenizers, through a shared space: each target position reads the shared vectors of the source
+    positions covering its characters, pooled (tokens.align; pooling (B, T_t, T_s): row b's weights over its
+    source tokens 1..n_b in order (T_s = the block's longest row less the sink), rows summing to 1 where
+    mask (B, T_t) is true). The target's positions are 1..T_t; those whose
+    characters no source position covers (mask false) are left out. Then its own sink first."""
+    if not hasattr(space, "encode"):
+        raise ConfigError(f"translating across tokenizers pools shared vectors: the translator needs a shared space "
+                          f"(encode/decode), {type(space).__name__} has none")
+    body = block.slice(1)                                                    # (B, H_s, T_s, D_s) per layer
+    if pooling.shape[2] != body.length or pooling.shape[:2] != mask.shape:
+        raise DataError(f"translate_pooled: pooling {tuple(pooling.shape)} does not fit a source body of "
+                        f"{body.length} positions and a target mask {tuple(mask.shape)}")
+    z = space.encode(src, position_free(body, source))                       # (B, T_s, Q), left-padded
+    lengths = body.lengths                                                   # (B,)
+    order = torch.arange(body.length, device=z.device)                      # token j of a row at index pad + j
+    index = (order + (body.length - lengths)[:, None]).clamp(max=body.length - 1)         # (B, T_s)
+    real = (order < lengths[:, None])[..., None]                            # (B, T_s, 1)
+    z = torch.where(real, z.gather(1, index[..., None].expand(-1, -1, z.shape[2])), 0)   # token order
+    z = pooling.to(z) @ z                                                    # (B, T_t, Q)
+    out = space.decode(tgt, z)                                               # un-rotated, target's shape
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device).expand(mask.shape[0], -1)  # (B, T_t)
+    keys = [rotate(k, positions, spec) for k, spec in zip(out.keys, target.rotary)]
+    full = torch.ones_like(mask, dtype=torch.long)
+    translated = KVBlock(keys, list(out.values), full, positions).where(mask)
+    return concat(target.sink, translated)

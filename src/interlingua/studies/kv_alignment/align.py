@@ -26,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ...channels.kv.cache import KVBlock, kv_of
-from ...channels.kv.transfer import Endpoint, translate_block, zero_block
+from ...channels.kv.tokens import align, char_spans, decoded_spans, stretch
+from ...channels.kv.transfer import Endpoint, translate_block, translate_pooled, zero_block
 from ...channels.kv.translators import CacheShape, build_translator, translator_config
 from ...errors import ConfigError
 from ...fingerprint import fingerprint
@@ -39,6 +40,22 @@ CURVE_COLUMNS = ["step", "source", "target", "condition", "nll", "n"]
 
 
 @dataclass
+class TextView:
+    """How a member with another tokenizer than the pool's reads the pool's windows: as text (joining)."""
+    pool: object                   # the pool's tokenizer (the windows' ids)
+    own: object                    # the member's tokenizer
+    bos: int                       # the member's first token (its attention sink)
+
+    def prefix(self, row: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+        """The member's ids of the row's carried prefix text and their character spans (no sink)."""
+        text, _ = decoded_spans(self.pool, row)
+        return char_spans(self.own, text, add_special_tokens=False)
+
+    def continuation(self, row: list[int]) -> list[int]:
+        return self.own(self.pool.decode(row, clean_up_tokenization_spaces=False), add_special_tokens=False).input_ids
+
+
+@dataclass
 class Member:
     """A frozen pool member as the channel sees it."""
     name: str
@@ -46,6 +63,7 @@ class Member:
     receiver: Receiver             # scores suffixes after a prefix cache
     end: Endpoint                  # rotary specs and own sink cache
     to_model: torch.Tensor | None  # (V_smollm2,) SmolLM2 id -> the member's id; None: reads SmolLM2 ids
+    text: TextView | None = None   # another tokenizer: reads the windows as text, its positions are its tokens
 
     @property
     def shape(self) -> CacheShape:
@@ -54,14 +72,56 @@ class Member:
     def ids(self, windows: torch.Tensor) -> torch.Tensor:
         return windows if self.to_model is None else self.to_model[windows]
 
+    def prefix_ids(self, windows: torch.Tensor, prefix_tokens: int) -> list[list[int]]:
+        """[sink] + the first P-1 prefix tokens, in the member's ids (its own tokens of that text, ragged)."""
+        if self.text is None:
+            return self.ids(windows[:, :prefix_tokens]).tolist()
+        return [[self.text.bos] + self.text.prefix(row)[0] for row in windows[:, 1:prefix_tokens].tolist()]
+
+    def prefix_spans(self, windows: torch.Tensor, prefix_tokens: int, pool_tokenizer) -> list[list[tuple[int, int]]]:
+        """Each row's character spans of its carried prefix positions 1.. in the prefix text (token alignment)."""
+        rows = windows[:, 1:prefix_tokens].tolist()
+        if self.text is None:
+            return [decoded_spans(pool_tokenizer, row)[1] for row in rows]
+        return [self.text.prefix(row)[1] for row in rows]
+
     def prefix_cache(self, windows: torch.Tensor, prefix_tokens: int) -> KVBlock:
         """The cache of [bos] + the first P-1 prefix tokens (what the channel carries)."""
         with torch.no_grad():
-            return kv_of(self.model, self.ids(windows[:, :prefix_tokens]).tolist())
+            return kv_of(self.model, self.prefix_ids(windows, prefix_tokens))
 
     def suffix(self, windows: torch.Tensor, prefix_tokens: int) -> list[list[int]]:
-        """The last prefix token (read by the target itself) and the S suffix tokens (all scored)."""
-        return self.ids(windows[:, prefix_tokens:]).tolist()
+        """The last prefix token (read by the target itself) and the S suffix tokens (all scored); another
+        tokenizer reads that text's tokens: its first read, the rest scored."""
+        if self.text is None:
+            return self.ids(windows[:, prefix_tokens:]).tolist()
+        return [self.text.continuation(row) for row in windows[:, prefix_tokens:].tolist()]
+
+
+def carry(translator, src: Member, tgt: Member, windows: torch.Tensor, prefix_tokens: int,
+          source_windows: torch.Tensor | None = None) -> KVBlock:
+    """The target's cache for `windows` from the source's cache of `source_windows` (default: the same; else
+    the shuffled control). Between tokenizers, each target position pools the shared vectors of the source
+    positions covering its characters; another window's source tokens are stretched over this window's text."""
+    other = windows if source_windows is None else source_windows
+    block = src.prefix_cache(other, prefix_tokens)
+    view = src.text or tgt.text
+    if view is None or (src.text is not None and tgt.text is not None):   # one tokenizer: position by position
+        return translate_block(translator, src.name, tgt.name, block, src.end, tgt.end)
+    source_spans = src.prefix_spans(other, prefix_tokens, view.pool)
+    target_spans = tgt.prefix_spans(windows, prefix_tokens, view.pool)
+    width = max(len(spans) for spans in target_spans)
+    pooling = torch.zeros(len(windows), width, block.length - 1)
+    mask = torch.zeros(len(windows), width, dtype=torch.bool)
+    for b, (mine, theirs) in enumerate(zip(target_spans, source_spans)):
+        if source_windows is not None:
+            theirs = stretch(theirs, max((e for _, e in mine), default=0))
+        alignment = align(mine, theirs)
+        kept = alignment.kept
+        if kept:
+            pooling[b, kept, :len(theirs)] = alignment.pooling()
+            mask[b, kept] = True
+    return translate_pooled(translator, src.name, tgt.name, block, src.end, tgt.end, pooling, mask)
 
 
 def all_paths(names: list[str]) -> list[tuple[str, str]]:
@@ -77,8 +137,7 @@ def reconstruction_loss(block: KVBlock, own: KVBlock) -> torch.Tensor:
 
 
 def path_loss(translator, src: Member, tgt: Member, windows: torch.Tensor, config: AlignConfig) -> torch.Tensor:
-    block = translate_block(translator, src.name, tgt.name, src.prefix_cache(windows, config.prefix_tokens),
-                            src.end, tgt.end)
+    block = carry(translator, src, tgt, windows, config.prefix_tokens)
     loss = tgt.receiver.suffix_nll(block, tgt.suffix(windows, config.prefix_tokens)).mean()
     if config.reconstruction_weight:
         loss = loss + config.reconstruction_weight * reconstruction_loss(
@@ -107,11 +166,9 @@ def score_paths(translator, members: dict[str, Member], paths, windows: torch.Te
             if controls_only:
                 continue
             for s in sorted({s for s, tt in paths if tt == t}):
-                src = members[s]
-                mine = src.prefix_cache(chunk, config.prefix_tokens)
-                other = src.prefix_cache(windows[perm[start:start + len(chunk)]], config.prefix_tokens)
-                for condition, block in (("matched", mine), ("shuffled", other)):
-                    translated = translate_block(translator, s, t, block, src.end, tgt.end)
+                others = windows[perm[start:start + len(chunk)]]
+                for condition, source_windows in (("matched", None), ("shuffled", others)):
+                    translated = carry(translator, members[s], tgt, chunk, config.prefix_tokens, source_windows)
                     rows += _rows(index, s, t, condition, tgt.receiver.suffix_nll(translated, suffix))
     return pd.DataFrame(rows, columns=["window", "source", "target", "condition", "nll"])
 
@@ -164,6 +221,11 @@ def train_pool(members: dict[str, Member], sample, eval_windows: torch.Tensor, c
     paths = list(paths or all_paths(names))
     eval_paths = list(eval_paths or all_paths(names))
     kind, translator_cfg = translator_config(config.translator)
+    foreign = [n for n, m in members.items() if m.text is not None]
+    if foreign and (kind != "cross_attention" and kind != "linear" or config.reconstruction_weight):
+        raise ConfigError(f"members {foreign} have another tokenizer than the pool: their positions are not the "
+                          f"pool's, so only a shared space (cross_attention, linear) pooled by characters reaches "
+                          f"them, with reconstruction_weight 0 (got {kind}, {config.reconstruction_weight})")
     if translator is None:
         translator = build_translator(kind, translator_cfg, {n: m.shape for n, m in members.items()})
     if kind == "identity":

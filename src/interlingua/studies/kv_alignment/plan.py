@@ -6,6 +6,7 @@ Runs (one translator training each, per seed) are named:
   pool_<setting>            Figure 3: the default translator on one pool setting, every path
   extend_<new>              Figure 4: pool_<ext setting> + a new member; only its adapters train, on paths
                             with `with` members; every path is scored (the others were never trained on)
+  join_<new>                the same for a zoo model of another tokenizer (`join`): Figure 4b
   translator_<name>         Table 1: a translator variant on the ablation setting
   paths<k>                  Figure 6: paths per step k on the ablation setting
   recon<w>                  Table 2: reconstruction weight w on the ablation setting
@@ -22,6 +23,10 @@ MEMBERS_DIR = "data/kv_alignment/members"
 SNAPSHOTS_DIR = "data/kv_alignment/snapshots"
 RUNS_DIR = "results/kv_alignment"
 FIGURES_DIR = "figures/kv_alignment"
+# A newcomer joins a trained pool by training only its two adapters (config key -> run name prefix):
+# `extensibility` (Figure 4: a member of the pool's tokenizer) and `join` (a model of another tokenizer,
+# whose positions pool the shared vectors of the pool's positions covering its characters).
+NEWCOMERS = {"extensibility": "extend", "join": "join"}
 
 
 def section(config: dict) -> dict:
@@ -72,18 +77,20 @@ def runs(config: dict) -> dict[str, dict]:
     base, seeds, out = kv.get("train", {}), kv.get("seeds", [0]), {}
     for setting, refs in kv.get("settings", {}).items():
         out[f"pool_{setting}"] = {"members": {ref_name(r): r for r in refs}, "train": base, "seeds": seeds}
-    ext = kv.get("extensibility")
-    if ext:
+    for key, prefix in NEWCOMERS.items():
+        ext = kv.get(key)
+        if not ext:
+            continue
         start = f"pool_{ext['setting']}"
         if start not in out:
-            raise ConfigError(f"kv_alignment.extensibility.setting '{ext['setting']}' is not a setting "
+            raise ConfigError(f"kv_alignment.{key}.setting '{ext['setting']}' is not a setting "
                               f"({sorted(kv.get('settings', {}))})")
-        members = {**out[start]["members"], ref_name(ext["new"]): ext["new"]}
         new = ref_name(ext["new"])
+        members = {**out[start]["members"], new: ext["new"]}
         trained = [ref_name(r) for r in ext["with"]] + [new]
         paths = [(s, t) for s in trained for t in trained if new in (s, t)]
-        out[f"extend_{new}"] = {"members": members, "train": {**base, **ext.get("train", {})}, "seeds": [seeds[0]],
-                                "train_members": [new], "paths": paths, "start_from": start}
+        out[f"{prefix}_{new}"] = {"members": members, "train": {**base, **ext.get("train", {})}, "seeds": [seeds[0]],
+                                  "train_members": [new], "paths": paths, "start_from": start}
     abl = kv.get("ablations")
     if abl:
         setting = f"pool_{abl['setting']}"
@@ -156,6 +163,8 @@ def figures(config: dict) -> list[str]:
     names = [f"fig3_{s}.png" for s in kv.get("settings", {})] + ["fig3_final.md", "members.md"]
     if kv.get("extensibility"):
         names += ["fig4_extensibility.png", "fig4_extensibility.md"]
+    if kv.get("join"):
+        names += ["fig4b_join.png", "fig4b_join.md"]
     if kv.get("portability"):
         names += ["fig5_portability.png", "fig5_portability.md"]
     abl = kv.get("ablations") or {}

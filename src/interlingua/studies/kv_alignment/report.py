@@ -142,10 +142,11 @@ def members_table(config: dict, out_dir: Path) -> Path:
     return out.with_suffix(".md")
 
 
-def fig4_extensibility(config: dict, out_dir: Path) -> Path:
-    ext = plan.section(config)["extensibility"]
+def fig4_extensibility(config: dict, out_dir: Path, key: str = "extensibility") -> list[Path]:
+    """Figure 4 (`extensibility`) or 4b (`join`): a newcomer's paths, trained and never trained on."""
+    ext = plan.section(config)[key]
     new = plan.ref_name(ext["new"])
-    name = f"extend_{new}"
+    name = f"{plan.NEWCOMERS[key]}_{new}"
     curves, scores, _ = run_data(config, name)
     _, spec = plan.resolve(config, name)
     trained = {tuple(p) for p in spec["paths"]}
@@ -153,17 +154,22 @@ def fig4_extensibility(config: dict, out_dir: Path) -> Path:
     table = table[(table.target == new) | table.source.str.startswith(new)]
     table["paths"] = ["trained" if (s.split(" ")[0], t) in trained else "never trained"
                       for t, s in zip(table.target, table.source)]
-    out = out_dir / "fig4_extensibility"
     last = curves[curves.step == curves.step.max()]
+
+    def pick(cond, source, target):
+        return last[(last.source == source) & (last.target == target) & (last.condition == cond)].nll.mean()
+
+    table["gap closed"] = [f"{(pick('none', t, t) - pick('matched', s.split(' ')[0], t)) / gap:.2f}"
+                           if (gap := pick("none", t, t) - pick("own", t, t)) > 0 else "n/a"
+                           for t, s in zip(table.target, table.source)]
+    out = out_dir / ("fig4_extensibility" if key == "extensibility" else "fig4b_join")
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5, 2.8))
+        fig, ax = plt.subplots(figsize=(5, 0.9 + 0.35 * len(table)))
         labels, rows = [], []
         for t, src in zip(table.target, table.source):
             s = src.split(" ")[0]
-            def pick(cond, source, target=t):
-                return last[(last.source == source) & (last.target == target) & (last.condition == cond)].nll.mean()
             labels.append(f"{s} -> {t}" + (" *" if (s, t) not in trained else ""))
-            rows.append((pick("matched", s), pick("shuffled", s), pick("none", t)))
+            rows.append((pick("matched", s, t), pick("shuffled", s, t), pick("none", t, t)))
         y = range(len(labels))
         ax.barh([i + 0.25 for i in y], [r[0] for r in rows], height=0.25, label="translated prefix")
         ax.barh(list(y), [r[1] for r in rows], height=0.25, label="shuffled prefix")
@@ -171,13 +177,18 @@ def fig4_extensibility(config: dict, out_dir: Path) -> Path:
         ax.set_yticks(list(y), labels)
         values = [v for r in rows for v in r]
         ax.set_xlim(min(values) - 0.1, max(values) + 0.05)
-        ax.set_xlabel("target's held-out suffix NLL")
+        ax.set_xlabel("target's held-out suffix NLL (each target its own tokens)")
         ax.legend(fontsize=6)
         save_figure(fig, out, note=f"* = path never trained on (zero-shot). n={int(last.n.max())} held-out windows.")
+    how = ("" if key == "extensibility" else
+           f" '{new}' has another tokenizer: each of its positions reads the shared vectors of the pool positions "
+           "covering its characters (mean), and pool positions read its vectors likewise; its NLLs are over its "
+           "own tokens of the same suffix text, so compare them only with each other.")
     write_table(table.set_index(["paths", "target", "source"]).sort_index(), out,
-                f"Figure 4, extensibility: member '{new}' added to pool '{ext['setting']}' by training only its two "
-                f"adapters on paths with {', '.join(ext['with'])} (everything else frozen); paths never trained on "
-                "are scored zero-shot.", "kv_fig4")
+                f"Figure {'4' if key == 'extensibility' else '4b'}, {'extensibility' if key == 'extensibility' else 'joining'}: "
+                f"member '{new}' added to pool '{ext['setting']}' by training only its two adapters on paths with "
+                f"{', '.join(ext['with'])} (everything else frozen); paths never trained on are scored zero-shot. "
+                f"Gap closed: (none - translated) / (none - own prefix).{how}", "kv_fig4" if key == "extensibility" else "kv_fig4b")
     return [out.with_suffix(".png"), out.with_suffix(".md")]
 
 
@@ -286,8 +297,9 @@ def write_all(config: dict, out_dir: str | Path) -> list[Path]:
     kv = plan.section(config)
     written = [fig3_setting(config, s, out_dir) for s in kv.get("settings", {})]
     written += [fig3_final(config, out_dir), members_table(config, out_dir)]
-    if kv.get("extensibility"):
-        written += fig4_extensibility(config, out_dir)
+    for key in plan.NEWCOMERS:
+        if kv.get(key):
+            written += fig4_extensibility(config, out_dir, key)
     if kv.get("portability"):
         written += fig5_portability(config, out_dir)
     abl = kv.get("ablations") or {}

@@ -19,7 +19,7 @@ from ...channels.kv.transfer import Endpoint
 from ...errors import ConfigError
 from ...receiver import Receiver
 from ...runtime import atomic_save
-from .align import AlignConfig, Member, train_pool
+from .align import AlignConfig, Member, TextView, train_pool
 from .corpus import heldout_windows, load_corpus, sample_windows, source_streams
 from .pretrain import MANIFEST as MEMBER_MANIFEST
 from .pretrain import load_member
@@ -28,20 +28,26 @@ from .pretrain import load_member
 def load_pool(member_dirs: dict[str, str | Path], tokenizer_dir: str | Path, bos: int,
               device: torch.device | str = "cpu") -> dict[str, Member]:
     """Members by name: a pre-trained pool member directory (reads pool ids) or a materialized zoo model
-    (reads SmolLM2 ids), each frozen, with its receiver and endpoint (own sink = its cache of `bos`)."""
+    (reads SmolLM2 ids; a zoo model of another tokenizer reads the windows' text with its own), each frozen,
+    with its receiver and endpoint (own sink = its cache of `bos`, or of its own first token)."""
     tokenizer = zoo.load_tokenizer(tokenizer_dir)
     members = {}
     for name, directory in member_dirs.items():
         directory = Path(directory)
+        text, own = None, tokenizer
         if (directory / MEMBER_MANIFEST).is_file():
             model, vocab, _ = load_member(directory, device)
             to_model = torch.as_tensor(vocab.to_pool, dtype=torch.long)
         else:
             model, to_model = zoo.load_model(directory, torch.device(device), torch.float32), None
+            own = zoo.load_tokenizer(directory)
+            if own.get_vocab() != tokenizer.get_vocab():   # another tokenizer: it reads the windows as text
+                first = own.bos_token_id if own.bos_token_id is not None else own.eos_token_id
+                text = TextView(tokenizer, own, int(first))
         for p in model.parameters():
             p.requires_grad_(False)
-        first = bos if to_model is None else int(to_model[bos])
-        members[name] = Member(name, model, Receiver(model, tokenizer, []), Endpoint.of(model, first), to_model)
+        first = text.bos if text else bos if to_model is None else int(to_model[bos])
+        members[name] = Member(name, model, Receiver(model, own, []), Endpoint.of(model, first), to_model, text)
     return members
 
 
