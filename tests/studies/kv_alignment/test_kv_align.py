@@ -130,3 +130,25 @@ def test_a_member_of_another_tokenizer_joins_by_characters(pool, tiny_models):
     with pytest.raises(ConfigError, match="another tokenizer"):
         align_job({"small": pool["small"], "bytes": tiny_models["sender"]}, pool["corpus"], pool["tokenizer"],
                   {**ALIGN, "translator": {"type": "ridge"}}, 0, pool["root"] / "join_ridge")
+
+
+def test_the_plan_joins_a_model_of_another_tokenizer_and_names_bad_joins():
+    import copy
+
+    config = copy.deepcopy(CONFIG)
+    config["models"] = {"smollm2": {}, "gemma3": {}}
+    config["kv_alignment"]["tokenizer"] = "smollm2"
+    config["kv_alignment"]["members"]["gemma"] = {"model": "gemma3"}
+    config["kv_alignment"]["join"] = {"setting": "seeds", "new": "gemma", "with": ["s0"], "train": {"steps": 5}}
+    join = plan.runs(config)["join_gemma"]
+    assert join["train_members"] == ["gemma"] and join["start_from"] == "pool_seeds"
+    assert sorted(join["paths"]) == [("gemma", "gemma"), ("gemma", "s0"), ("s0", "gemma")]
+    assert join["train"]["steps"] == 5 and "gemma" in join["members"]
+    plan.check(config)
+    for change, message in [({"new": "s3"}, "is a pool member"), ({"with": ["s9"]}, "s9"),
+                            ({"train": {"stpes": 5}}, "stpes"),
+                            ({"train": {"translator": {"type": "ridge"}}}, "shared space")]:
+        bad = copy.deepcopy(config)
+        bad["kv_alignment"]["join"].update(change)
+        with pytest.raises(ConfigError, match=message):
+            plan.check(bad)

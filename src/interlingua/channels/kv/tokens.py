@@ -84,11 +84,13 @@ def align(receiver_spans: list[tuple[int, int]], sender_spans: list[tuple[int, i
     return Alignment(lo, hi, used)
 
 
-def decoded_spans(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+def decoded_spans(tokenizer, ids: list[int], skip_special_tokens: bool = False) -> tuple[str, list[tuple[int, int]]]:
     """The text `ids` decode to and each id's character span in it (ids given, not re-tokenized: e.g. a window
     of a pool that reads token ids). Spans come from the decoded length of each growing prefix; a byte-level
-    token that ends inside a multi-byte character gets an empty span and the character goes to the next."""
-    decode = lambda part: tokenizer.decode(part, clean_up_tokenization_spaces=False)  # noqa: E731
+    token that ends inside a multi-byte character gets an empty span and the character goes to the next;
+    with skip_special_tokens, special ids decode to nothing and get empty spans."""
+    decode = lambda part: tokenizer.decode(part, skip_special_tokens=skip_special_tokens,  # noqa: E731
+                                           clean_up_tokenization_spaces=False)
     text = decode(ids)
     spans, end = [], 0
     for k in range(1, len(ids) + 1):

@@ -64,13 +64,14 @@ def translate_pooled(space, src: str, tgt: str, block: KVBlock, source: Endpoint
                      pooling: torch.Tensor, mask: torch.Tensor) -> KVBlock:
     """Across tokenizers, through a shared space: each target position reads the shared vectors of the source
     positions covering its characters, pooled (tokens.align; pooling (B, T_t, T_s): row b's weights over its
-    source tokens 1..n_b in order (T_s = the block's longest row less the sink), rows summing to 1 where
-    mask (B, T_t) is true). The target's positions are 1..T_t; those whose
-    characters no source position covers (mask false) are left out. Then its own sink first."""
+    source tokens 1..n_b in order (T_s = the block's longest row less the sink), each row summing to 1, or
+    0 where no source character reaches the position: it then decodes a zero shared vector). The target's
+    positions are 1..T_t where mask (B, T_t) is true (its real tokens). Then its own sink first."""
     if not hasattr(space, "encode"):
         raise ConfigError(f"translating across tokenizers pools shared vectors: the translator needs a shared space "
                           f"(encode/decode), {type(space).__name__} has none")
     body = block.slice(1)                                                    # (B, H_s, T_s, D_s) per layer
+    mask = mask.to(body.mask.device)
     if pooling.shape[2] != body.length or pooling.shape[:2] != mask.shape:
         raise DataError(f"translate_pooled: pooling {tuple(pooling.shape)} does not fit a source body of "
                         f"{body.length} positions and a target mask {tuple(mask.shape)}")

@@ -41,18 +41,21 @@ CURVE_COLUMNS = ["step", "source", "target", "condition", "nll", "n"]
 
 @dataclass
 class TextView:
-    """How a member with another tokenizer than the pool's reads the pool's windows: as text (joining)."""
+    """How a member with another tokenizer than the pool's reads the pool's windows: as text (joining).
+    The pool's special ids (the document separator) decode to nothing: they get empty spans and no member
+    text, so another tokenizer never reads a separator's literal name."""
     pool: object                   # the pool's tokenizer (the windows' ids)
     own: object                    # the member's tokenizer
     bos: int                       # the member's first token (its attention sink)
 
     def prefix(self, row: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
         """The member's ids of the row's carried prefix text and their character spans (no sink)."""
-        text, _ = decoded_spans(self.pool, row)
+        text, _ = decoded_spans(self.pool, row, skip_special_tokens=True)
         return char_spans(self.own, text, add_special_tokens=False)
 
     def continuation(self, row: list[int]) -> list[int]:
-        return self.own(self.pool.decode(row, clean_up_tokenization_spaces=False), add_special_tokens=False).input_ids
+        text = self.pool.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return self.own(text, add_special_tokens=False).input_ids
 
 
 @dataclass
@@ -82,7 +85,7 @@ class Member:
         """Each row's character spans of its carried prefix positions 1.. in the prefix text (token alignment)."""
         rows = windows[:, 1:prefix_tokens].tolist()
         if self.text is None:
-            return [decoded_spans(pool_tokenizer, row)[1] for row in rows]
+            return [decoded_spans(pool_tokenizer, row, skip_special_tokens=True)[1] for row in rows]
         return [self.text.prefix(row)[1] for row in rows]
 
     def prefix_cache(self, windows: torch.Tensor, prefix_tokens: int) -> KVBlock:
@@ -102,12 +105,13 @@ def carry(translator, src: Member, tgt: Member, windows: torch.Tensor, prefix_to
           source_windows: torch.Tensor | None = None) -> KVBlock:
     """The target's cache for `windows` from the source's cache of `source_windows` (default: the same; else
     the shuffled control). Between tokenizers, each target position pools the shared vectors of the source
-    positions covering its characters; another window's source tokens are stretched over this window's text."""
+    positions covering its characters; another window's source tokens are stretched over this window's text.
+    The target's positions are always its own tokens of this window (every condition alike)."""
     other = windows if source_windows is None else source_windows
     block = src.prefix_cache(other, prefix_tokens)
     view = src.text or tgt.text
-    if view is None or (src.text is not None and tgt.text is not None):   # one tokenizer: position by position
-        return translate_block(translator, src.name, tgt.name, block, src.end, tgt.end)
+    if view is None or (src.text is not None and tgt.text is not None and source_windows is None):
+        return translate_block(translator, src.name, tgt.name, block, src.end, tgt.end)   # one tokenizer
     source_spans = src.prefix_spans(other, prefix_tokens, view.pool)
     target_spans = tgt.prefix_spans(windows, prefix_tokens, view.pool)
     width = max(len(spans) for spans in target_spans)
@@ -117,10 +121,9 @@ def carry(translator, src: Member, tgt: Member, windows: torch.Tensor, prefix_to
         if source_windows is not None:
             theirs = stretch(theirs, max((e for _, e in mine), default=0))
         alignment = align(mine, theirs)
-        kept = alignment.kept
-        if kept:
-            pooling[b, kept, :len(theirs)] = alignment.pooling()
-            mask[b, kept] = True
+        if alignment.kept:   # a position no source character reaches reads a zero shared vector
+            pooling[b, alignment.kept, :len(theirs)] = alignment.pooling()
+        mask[b, :len(mine)] = True
     return translate_pooled(translator, src.name, tgt.name, block, src.end, tgt.end, pooling, mask)
 
 

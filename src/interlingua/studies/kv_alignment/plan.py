@@ -219,6 +219,26 @@ def check(config: dict) -> None:
     for setting, refs in kv.get("settings", {}).items():
         for ref in refs:
             member_dir(config, ref)
+    for key in NEWCOMERS:
+        ext = kv.get(key)
+        for ref in [ext["new"], *ext["with"]] if ext else []:
+            member_dir(config, ref)
+        if ext:
+            unknown = sorted(set(ext.get("train", {})) - known)
+            if unknown:
+                raise ConfigError(f"config key 'kv_alignment.{key}.train': unknown key(s) {unknown}")
+    join = kv.get("join")
+    if join:
+        if "model" not in _member(config, join["new"].partition("@")[0]):
+            raise ConfigError(f"config key 'kv_alignment.join.new': '{join['new']}' is a pool member; joining is "
+                              f"for a zoo model of another tokenizer ({{model: <alias>}}; a pool member extends by "
+                              f"`extensibility`)")
+        train = AlignConfig(**{**kv.get("train", {}), **join.get("train", {})})
+        kind, _ = translator_config(train.translator)
+        if kind not in ("cross_attention", "linear") or train.reconstruction_weight:
+            raise ConfigError(f"config key 'kv_alignment.join.train': a member of another tokenizer is reached "
+                              f"only through a shared space (cross_attention or linear) with reconstruction_weight "
+                              f"0, got {kind} and {train.reconstruction_weight}")
     runs(config)
     job = portability(config)
     if job:

@@ -44,6 +44,10 @@ def load_pool(member_dirs: dict[str, str | Path], tokenizer_dir: str | Path, bos
             if own.get_vocab() != tokenizer.get_vocab():   # another tokenizer: it reads the windows as text
                 first = own.bos_token_id if own.bos_token_id is not None else own.eos_token_id
                 text = TextView(tokenizer, own, int(first))
+                others = [m for m in members.values() if m.text is not None]
+                if others and others[0].text.own.get_vocab() != own.get_vocab():
+                    raise ConfigError(f"members '{others[0].name}' and '{name}' have two tokenizers other than the "
+                                      f"pool's; joining aligns one other tokenizer to the pool's, not two")
         for p in model.parameters():
             p.requires_grad_(False)
         first = text.bos if text else bos if to_model is None else int(to_model[bos])
