@@ -173,8 +173,20 @@ def test_smoke_writes_predictions_and_paired_tests(smoke_run):
     assert "McNemar's exact test" in (smoke_run / "figures/table2_main.md").read_text()
 
 
+def test_a_study_target_on_a_fresh_clone_runs_that_study_alone(tmp_path):
+    """figures/README.md lists every study, but `figures_latentwire` must not build the other two for it."""
+    smoke = ("--configfile", str(REPO / "config/smoke.yaml"))
+    whole = planned_jobs(tmp_path, "figures", *smoke)
+    assert {"kv_align", "dense_train", "train_bridge", "figures_readme"} <= whole
+    latentwire = planned_jobs(tmp_path, "figures_latentwire", *smoke)
+    assert "train_bridge" in latentwire and "figures_readme" in latentwire
+    assert not {job for job in latentwire if job.startswith(("kv_", "dense_"))}, latentwire
+    alignment = planned_jobs(tmp_path, "figures_kv_alignment", *smoke)
+    assert "kv_align" in alignment and not {"train_bridge", "dense_train", "figures_readme"} & alignment
+
+
 def test_second_run_has_nothing_to_do(smoke_run):
-    for target in ("figures", "figures_latentwire"):
+    for target in ("figures", "figures_latentwire", "figures_kv_alignment", "figures_dense_kv", "figures"):
         out = snakemake(smoke_run, "-n", target, "--configfile", str(REPO / "config/smoke.yaml"))
         assert "Nothing to be done" in out.stdout + out.stderr, target
 

@@ -303,3 +303,26 @@ def results_request():
     writes each result file of the study. Reports read results.csv as an ancient() input and carry this,
     so a result whose request changed reruns them, and a `dvc pull` (new timestamps) does not."""
     return fingerprint({path: producer_params(path) for path in study_results()})
+
+
+STUDY_FIGURES = {"kv_alignment": kv_alignment_plan.figures, "dense_kv": dense_kv_plan.figures}
+
+
+def study_requested(name):
+    """Whether this invocation asks for study `name`'s figures: no target (the default), `figures`, its
+    own target or figures/README.md itself. A study's own target runs that study alone."""
+    targets = set(workflow.dag_settings.targets) if workflow.dag_settings is not None else set()
+    return not targets or bool(targets & {"all", "figures", "figures/README.md", f"figures_{name}"})
+
+
+def study_figures(name):
+    """Study `name`'s figures as inputs of figures/README.md: all of them when the run asks for the study."""
+    return STUDY_FIGURES[name](config) if study_requested(name) else []
+
+
+def other_study_figures():
+    """The other studies' figures figures/README.md lists: every one of a study this run asks for (its
+    inputs), and those already on disk of a study it does not (listed, not rebuilt). The same list after a
+    whole run whichever target is asked next, so switching targets reruns nothing."""
+    return [f for name, figures in STUDY_FIGURES.items() for f in figures(config)
+            if study_requested(name) or Path(f).exists()]

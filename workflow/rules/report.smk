@@ -50,8 +50,10 @@ rule figures_readme:
     input:
         # ancient unless the report writing them reruns now (its spec or code changed): then so must this
         figures=lambda w: [unless_rerun(f, producer_params(f)["spec"]) for f in study_plan.study_figures(config)],
-        kv_alignment=lambda w: [unless_rerun(f, producer_params(f)["spec"]) for f in kv_alignment_plan.figures(config)],
-        dense_kv=lambda w: [unless_rerun(f, producer_params(f)["spec"]) for f in dense_kv_plan.figures(config)],
+        # another study's figures only when this run asks for them (`figures`): a study's own target
+        # (`figures_latentwire`) lists what the others left there (params.others) without running them
+        kv_alignment=lambda w: [unless_rerun(f, producer_params(f)["spec"]) for f in study_figures("kv_alignment")],
+        dense_kv=lambda w: [unless_rerun(f, producer_params(f)["spec"]) for f in study_figures("dense_kv")],
         # Current unless a result's request changed (then the report reruns and so must this; Snakemake does
         # not rerun a job behind ancient inputs on a params change upstream).
         results=lambda w: unless_rerun("results/results.csv", results_request()),
@@ -60,15 +62,17 @@ rule figures_readme:
     params:
         spec=lambda w: spec(config_fingerprint=config_fingerprint()),
         results=lambda w: results_request(),
+        others=lambda w: other_study_figures(),
         code=code("figures-readme") + code("report") + code("soft-token-neighbours"),
     log:
         "logs/report/README.log",
     shell:
-        "{CLI} figures-readme --prune --spec {params.spec:q} --out {output} {input.figures} {input.kv_alignment} {input.dense_kv} > {log} 2>&1"
+        "{CLI} figures-readme --prune --spec {params.spec:q} --out {output} {input.figures} {params.others} > {log} 2>&1"
 
 
 rule figures_latentwire:
-    """The LatentWire study: every table and figure its config asks for, and figures/README.md."""
+    """The LatentWire study: every table and figure its config asks for, and figures/README.md (which
+    lists the other studies' figures already there, without running those studies)."""
     input:
         study_plan.study_figures(config),
         "figures/README.md",

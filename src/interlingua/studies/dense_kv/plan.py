@@ -51,9 +51,9 @@ def eval_tasks(config: dict) -> list[str]:
 
 
 def run_tasks(config: dict, variant: str) -> list[str]:
-    """The tasks one run is scored on: every eval task, but the phase ablation (`phase1`, `phase2`) only on
-    `dense_kv.ablation_tasks` (default: every eval task)."""
-    if variant in ("phase1", "phase2"):
+    """The tasks one run is scored on: every eval task, but the phase ablation (`phase1`, `phase2`) and the
+    fuser baseline only on `dense_kv.ablation_tasks` (default: every eval task)."""
+    if variant in ("phase1", "phase2", "fuser"):
         return list(section(config).get("ablation_tasks", eval_tasks(config)))
     return eval_tasks(config)
 

@@ -78,7 +78,7 @@ def fuser_table(config: dict, frame, preds, out_dir: Path) -> Path | None:
     records = []
     for direction, seed in runs:
         d = plan.directions(config)[direction]
-        for task in plan.eval_tasks(config):
+        for task in plan.run_tasks(config, "fuser"):
             rows = _accuracy(frame, direction=direction, run_variant="fuser", task=task, method="fuser_aware")
             n = _n(rows)
             pick = lambda v: rows[rows.variant == v].value  # noqa: E731
@@ -254,7 +254,7 @@ def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
                  "generation + the receiver's reading of the message (its demonstrations left out: text's cost is "
                  "counted low). text/cache: the ratio. LatentWire: study 1's soft-token bridge (trained per task) of "
                  "the same direction, every seed it ran; not run where study 1 does not train it. fuser: the C2C-style "
-                 "gated fuser (aware only; its controls in table_fuser).")
+                 "gated fuser (aware only, scored on dense_kv.ablation_tasks; its controls in table_fuser).")
     notes.append(f"seeds per direction: {json.dumps(seeds)}; majority and random: study 1's baselines on the same rows")
     out = out_dir / "table_main"
     write_table(table, out, "Dense KV transfer: accuracy, mean ± std over seeds (n = eval rows)", "dense_main", notes)
