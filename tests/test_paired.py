@@ -212,7 +212,7 @@ def test_every_evaluation_writes_predictions_that_pair_across_methods(tiny_model
     from interlingua.evaluate import evaluate_bridge, evaluate_majority, evaluate_random, evaluate_zero_shot
     from interlingua.extract import extract
     from interlingua.store import ActivationStore
-    from interlingua.tasks import materialize_split, read_split
+    from interlingua.tasks import materialize_split
     from interlingua.train import train_bridge
 
     cpu = torch.device("cpu")
