@@ -31,7 +31,7 @@ STAGE_COMMANDS = {
                  "measure-latency", "measure-throughput", "collect"],
     "figures": ["report", "figures-readme", "soft-token-neighbours", "kv-report", "dense-report"],
     "kv_alignment": ["pool-corpus", "pool-pretrain", "kv-align", "kv-portability"],
-    "dense_kv": ["extract", "dense-train", "dense-evaluate", "dense-text"],
+    "dense_kv": ["extract", "dense-train", "dense-evaluate", "dense-text", "dense-shared-space"],
 }
 
 
@@ -58,7 +58,9 @@ def make_project(path: Path) -> None:
     smoke["study"] = {"tasks": ["sst2"], "pairs": smoke["study"]["pairs"][:1], "bridges": ["perceiver"],
                       "seeds": [0], "speed": {"tasks": ["sst2"]}}
     # Study 3 on the same one task (its out-of-domain task would materialize splits no other stage owns).
-    smoke["dense_kv"] = dict(smoke["dense_kv"], tasks=["sst2"], ood=[])
+    # Without the one-tokenizer direction, whose shared-space baseline reads a study-2 run of the kv_alignment stage.
+    smoke["dense_kv"] = dict(smoke["dense_kv"], tasks=["sst2"], ood=[], shared_space={},
+                             directions={**smoke["dense_kv"]["directions"], "llamabpe_gemma3": None})
     smoke.setdefault("paths", {})["datasets"] = str((REPO / "../shared/datasets").resolve())
     (path / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
 

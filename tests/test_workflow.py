@@ -96,6 +96,10 @@ def test_smoke_dag_runs_study_3(smoke_run):
         assert set(flops.method) >= {"cache_unaware", "cache_aware"} and (flops.value > 0).all()
     table = (smoke_run / "figures/dense_kv/table_main.md").read_text()
     assert "tiny_llama -> tiny_gemma3 / piqa (ood) / aware" in table and "p vs shuffled" in table
+    # study 2's shared space (setting `zoo`) on the one-tokenizer direction, with its shuffled control
+    space = [line for line in table.splitlines() if line.startswith("| tiny_llama_bpe -> tiny_gemma3")]
+    assert len(space) == 4 and all("(n=" in line and "; shuffled " in line for line in space)
+    assert "shared space" in table and "pool_zoo" in table
     # text communication: study 1's relay of the same pair, priced in FLOPs beside the cache
     assert "text/cache" in table and re.search(r"\d+\.\dx", table)
     assert "smollm2" not in table and not (smoke_run / "results/dense_kv/smollm2_gemma3").exists()
@@ -319,8 +323,12 @@ def test_study3_alternative_configs_plan(tmp_path, monkeypatch, name, trains):
     # every run scored on each of its tasks (the phase ablation on dense_kv.ablation_tasks only)
     assert counts["dense_evaluate"] == sum(len(dense_plan.run_tasks(config, v)) for _, v, _ in dense_plan.runs(config))
     assert counts["dense_evaluate"] < trains * len(dense_plan.eval_tasks(config))
-    # the same-tokenizer reference's copy of SmolLM2 is trained by the DAG (the full config)
+    # the same-tokenizer reference's copy of SmolLM2 is trained by the DAG (the full config), and study 2's
+    # shared space of the two is scored on every task in both directions (one pool run)
     assert counts.get("continue_model", 0) == (name == "dense_kv_full")
+    full = name == "dense_kv_full"
+    assert counts.get("dense_shared_space", 0) == full * 2 * len(dense_plan.eval_tasks(config))
+    assert counts.get("kv_align", 0) == full
 
 
 @pytest.mark.parametrize("name", ["kv_full", "kv_paper"])

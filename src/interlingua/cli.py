@@ -317,6 +317,20 @@ def cmd_dense_evaluate(args):
                        batch_size=request.get("batch_size", 16)))
 
 
+def cmd_dense_shared_space(args):
+    from . import zoo
+    from .fingerprint import fingerprint
+    from .studies.dense_kv.shared_space import VARIANT, shared_space_job
+    spec, device, _ = _runtime(args)
+    request = spec["request"]
+    base = {"sender": zoo.read_manifest(args.sender_dir)["alias"], "receiver": zoo.read_manifest(args.receiver_dir)["alias"],
+            "bridge": VARIANT, "fingerprint": f"{args.direction}:{fingerprint(request)[:16]}"}
+    print(shared_space_job(args.translator, request["members"]["sender"], request["members"]["receiver"],
+                           args.sender_dir, args.receiver_dir, args.task, request["task"], args.split, args.store,
+                           request["prompts"], args.out, base=base, seed=args.seed, device=device,
+                           batch_size=request.get("batch_size", 16)))
+
+
 def cmd_dense_text(args):
     from .studies.dense_kv.text import limit_job
     spec, device, dtype = _runtime(args)
@@ -492,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
             ("--sender-dir", req), ("--receiver-dir", req), ("--split", req), ("--store", req), ("--run", req),
             ("--out", req),
             ("--receiver-store", {"help": "the receiver's own cache of the split: score the fuser baseline"}))
+    command("dense-shared-space", cmd_dense_shared_space,
+            "study 3: study 2's shared space (a kv-align translator.pt) as a direction's baseline on one task",
+            ("--task", req), ("--direction", req), ("--seed", {"type": int, "default": 0}), ("--sender-dir", req),
+            ("--receiver-dir", req), ("--split", req), ("--store", req), ("--translator", req), ("--out", req))
     command("dense-text", cmd_dense_text,
             "study 3: study 1's text relay cut to shorter limits (dense_kv.text_limits), read by the receiver",
             ("--task", req), ("--relay", req), ("--split", req), ("--train-split", req), ("--sender-dir", req),

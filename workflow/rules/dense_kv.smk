@@ -148,6 +148,50 @@ rule dense_evaluate:
         "--run {input.run} {params.own} --out {output.result} > {log} 2>&1"
 
 
+def dense_shared_space_request(w):
+    d, space = dense_direction(w.direction), dense_plan.shared_space(config)[w.direction]
+    return {"runtime": runtime(), "translator": kv_run_request(space["run"], space["seed"]),
+            "members": {"sender": space["sender"], "receiver": space["receiver"]},
+            "task": prompt_spec(config["tasks"][w.task]), "prompts": DENSE.get("prompts", {}),
+            "store": dense_store_request(d["sender"], w.task, "eval"), "batch_size": config["evaluate"]["batch_size"],
+            "code": code("dense-shared-space")}
+
+
+def dense_shared_space_inputs(w):
+    d, space = dense_direction(w.direction), dense_plan.shared_space(config)[w.direction]
+    run = f"{kv_alignment_plan.RUNS_DIR}/{space['run']}/seed{space['seed']}"
+    return {"sender": model_input(d["sender"]), "receiver": model_input(d["receiver"]),
+            "split": task_input(w.task, "eval"), "store": dense_store_input(d["sender"], w.task, "eval"),
+            "run": unless_rerun(run, spec(request=kv_run_request(space["run"], space["seed"])))}
+
+
+if dense_plan.shared_space(config):   # a rule needs outputs; none without a shared-space baseline
+
+    rule dense_shared_space:
+        """Study 2's shared space as a direction's baseline on one task (one tokenizer), with its shuffled control."""
+        input:
+            unpack(dense_shared_space_inputs),
+        wildcard_constraints:
+            direction=ALIAS,
+            task=ALIAS,
+        output:
+            result=f"{dense_plan.RUNS_DIR}/{{direction}}/shared_space/seed{{seed}}/{{task}}.csv",
+            predictions=f"{dense_plan.RUNS_DIR}/{{direction}}/shared_space/seed{{seed}}/{{task}}.predictions.csv",
+        params:
+            spec=lambda w: spec(request=dense_shared_space_request(w)),
+            code=code("dense-shared-space"),
+            store=lambda w: dense_store(dense_direction(w.direction)["sender"], w.task, "eval") + ".zarr",
+        log:
+            "logs/dense_kv/shared_space/{direction}/seed{seed}/{task}.log",
+        benchmark:
+            "results/benchmarks/dense_kv/shared_space/{direction}/seed{seed}/{task}.tsv"
+        shell:
+            "{CLI} dense-shared-space --spec {params.spec:q} --threads {threads} --task {wildcards.task} "
+            "--direction {wildcards.direction} --seed {wildcards.seed} --sender-dir {input.sender} "
+            "--receiver-dir {input.receiver} --split {input.split} --store {params.store} "
+            "--translator {input.run}/translator.pt --out {output.result} > {log} 2>&1"
+
+
 def dense_text_spec(w):
     """What decides the relay at shorter limits: study 1's relay file and how its receiver reads it
     (eval_relay's spec), and the limits."""
@@ -190,7 +234,7 @@ if dense_plan.text_limits(config):   # a rule needs outputs; none without shorte
 
 def dense_results():
     return [f"{dense_plan.run_dir(d, v, s)}/{t}.csv" for d, v, s in dense_plan.runs(config)
-            for t in dense_plan.run_tasks(config, v)]
+            for t in dense_plan.run_tasks(config, v)] + dense_plan.shared_space_results(config)
 
 
 def dense_relay(direction, task, path_of):
@@ -233,7 +277,8 @@ rule dense_report:
                                     "alignment_split": f"data/tasks/{dense_plan.train_tasks(config)[0]}/"
                                                        f"{split_name(dense_plan.train_tasks(config)[0], 'eval')}.jsonl",
                                     "bridge_results": [[d, t, paths] for (d, t), paths
-                                                       in sorted(dense_plan.bridge_results(config).items())]}),
+                                                       in sorted(dense_plan.bridge_results(config).items())],
+                                    "shared_space": dense_plan.shared_space(config)}),
         code=code("dense-report"),
     log:
         "logs/dense_kv/report.log",

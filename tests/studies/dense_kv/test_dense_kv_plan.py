@@ -55,3 +55,23 @@ def test_phase_ablation_scored_on_ablation_tasks_only(config):
     config["dense_kv"]["ablation_tasks"] = ["banking77"]
     with pytest.raises(ConfigError, match="ablation_tasks: 'banking77'"):
         plan.check(config)
+
+
+def test_shared_space_baseline_names_the_members_of_a_study2_run(config):
+    """`dense_kv.shared_space: {direction: kv run}`: the run's members that are the direction's two models."""
+    config["kv_alignment"]["members"].update({"smollm2": {"model": "smollm2"}, "gemma3": {"model": "gemma3"}})
+    config["kv_alignment"]["settings"]["zoo"] = ["smollm2", "gemma3"]
+    config["dense_kv"]["shared_space"] = {"smollm2_gemma3": "pool_zoo"}
+    assert plan.shared_space(config) == {"smollm2_gemma3": {"run": "pool_zoo", "seed": 0, "sender": "smollm2",
+                                                            "receiver": "gemma3"}}
+    assert plan.shared_space_results(config) == [f"results/dense_kv/smollm2_gemma3/shared_space/seed0/{t}.csv"
+                                                 for t in plan.eval_tasks(config)]
+    config["dense_kv"]["shared_space"] = {"smollm2_gemma3": "pool_seeds"}
+    with pytest.raises(ConfigError, match="the sender 'smollm2' is not a member of the kv_alignment run 'pool_seeds'"):
+        plan.check(config)
+    config["dense_kv"]["shared_space"] = {"nowhere": "pool_zoo"}
+    with pytest.raises(ConfigError, match="'nowhere' is not a direction"):
+        plan.check(config)
+    config["dense_kv"]["shared_space"] = {"smollm2_gemma3": "pool_missing"}
+    with pytest.raises(ConfigError, match="unknown run 'pool_missing'"):
+        plan.check(config)

@@ -10,6 +10,9 @@ scored on the `ablation_tasks` (run_tasks).
 Every run is scored with its shuffled control; what does not depend on the trained transformation (the zeroed
 cache, the receiver alone) once per direction, in the run of `both` with its first seed; the kept-fraction
 sweep (the duality) in the headline direction's first `both` run, on the `duality_tasks` (eval_options).
+Study 2's shared space is a baseline where a direction's two models are members of one of its runs
+(`dense_kv.shared_space: {direction: kv_alignment run}`, one tokenizer): scored, never trained on the tasks,
+    results/dense_kv/<direction>/shared_space/seed<the run's first seed>/<task>.csv
 Stores (KV caches with character spans, `extract` with kv_cache and layer 0 only):
     data/dense_kv/stores/<model>/<task>/<split>.zarr
 the sender's of every scored task's train (trained tasks) and eval splits, the receiver's of the trained
@@ -72,6 +75,38 @@ def runs(config: dict) -> list[tuple[str, str, int]]:
     for name in fuser_directions(config):
         out.append((name, "fuser", directions(config)[name]["seeds"][0]))
     return out
+
+
+def shared_space(config: dict) -> dict[str, dict]:
+    """{direction: {"run", "seed", "sender", "receiver"}}: the study-2 run (`dense_kv.shared_space`), its first
+    seed, and the names of the direction's two models among its members (a member `{model: <alias>}`)."""
+    from ..kv_alignment import plan as kv_plan
+
+    out = {}
+    for name, run in (section(config).get("shared_space") or {}).items():
+        if name not in directions(config):
+            raise ConfigError(f"dense_kv.shared_space: '{name}' is not a direction ({sorted(directions(config))})")
+        real, kv_run = kv_plan.resolve(config, run)
+        specs = kv_plan.section(config).get("members", {})
+        by_model = {specs[m].get("model"): m for m in kv_run["members"] if "model" in specs.get(m, {})}
+        d = directions(config)[name]
+        for end in ("sender", "receiver"):
+            if d[end] not in by_model:
+                raise ConfigError(f"dense_kv.shared_space.{name}: the {end} '{d[end]}' is not a member of the "
+                                  f"kv_alignment run '{run}' (members: {sorted(kv_run['members'])}; a zoo model joins "
+                                  f"as a member {{model: {d[end]}}})")
+        out[name] = {"run": real, "seed": kv_run["seeds"][0], "sender": by_model[d["sender"]],
+                     "receiver": by_model[d["receiver"]]}
+    return out
+
+
+def shared_space_dir(direction: str, seed) -> str:
+    return run_dir(direction, "shared_space", seed)
+
+
+def shared_space_results(config: dict) -> list[str]:
+    return [f"{shared_space_dir(d, s['seed'])}/{task}.csv" for d, s in shared_space(config).items()
+            for task in eval_tasks(config)]
 
 
 def fuser_directions(config: dict) -> list[str]:
@@ -219,6 +254,7 @@ def check(config: dict, valid: dict | None = None) -> None:
             if task not in eval_tasks(config):
                 raise ConfigError(f"dense_kv.{key}: '{task}' is not scored by study 3 (tasks + ood: "
                                   f"{eval_tasks(config)})")
+    shared_space(config)
     DenseRunConfig.from_dict(dense.get("train", {}))
 
 

@@ -31,6 +31,12 @@ def load(config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
             rows.append(pd.read_csv(path).assign(direction=direction, run_variant=variant))
             predictions.append(pd.read_csv(path.with_name(f"{task}.predictions.csv"))
                                .assign(direction=direction, run_variant=variant))
+    for direction, space in (config.get("shared_space") or {}).items():   # study 2's shared space (one tokenizer)
+        for task in plan.eval_tasks(config):
+            path = Path(plan.shared_space_dir(direction, space["seed"])) / f"{task}.csv"
+            rows.append(pd.read_csv(path).assign(direction=direction, run_variant="shared_space"))
+            predictions.append(pd.read_csv(path.with_name(f"{task}.predictions.csv"))
+                               .assign(direction=direction, run_variant="shared_space"))
     frame = pd.concat(rows, ignore_index=True)
     frame["variant"] = frame["variant"].fillna("")
     preds = pd.concat(predictions, ignore_index=True)
@@ -208,6 +214,7 @@ def _metric(frame, metric: str) -> float | None:
 def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
     records, notes = [], []
     texts, bridges = text_communication(config), bridge_accuracy(config)
+    spaces = config.get("shared_space") or {}
     seeds = {}
     for direction, variant, seed in plan.runs(config):
         if variant == "both":
@@ -240,6 +247,9 @@ def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
                                   variant="")
                 records[-1]["fuser"] = "" if mode != "aware" else (
                     _cell(fuser.value, _n(fuser)) if len(fuser) else "not run")
+                if spaces:
+                    records[-1]["shared space"] = _shared_space_cell(frame, preds, direction, spaces.get(direction),
+                                                                     task, mode)
     table = pd.DataFrame(records).set_index(["direction", "task", "mode"])
     notes.append("transfer: the receiver with the sender's transformed cache before its prompt; shuffled: another "
                  "example's transformed cache; zero: the receiver's own sink, then zeros; no communication: the "
@@ -255,10 +265,27 @@ def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
                  "counted low). text/cache: the ratio. LatentWire: study 1's soft-token bridge (trained per task) of "
                  "the same direction, every seed it ran; not run where study 1 does not train it. fuser: the C2C-style "
                  "gated fuser (aware only, scored on dense_kv.ablation_tasks; its controls in table_fuser).")
+    if spaces:
+        notes.append("shared space: study 2's adapters T[sender->S] and T[S->receiver] (kv_alignment run, its first "
+                     "seed: " + ", ".join(f"{d}: {s['run']}" for d, s in spaces.items()) + "), trained for suffix "
+                     "language modelling on its corpus and never on these tasks; where the two models share a "
+                     "tokenizer (dense_kv.shared_space), with its own shuffled control and McNemar p against it.")
     notes.append(f"seeds per direction: {json.dumps(seeds)}; majority and random: study 1's baselines on the same rows")
     out = out_dir / "table_main"
     write_table(table, out, "Dense KV transfer: accuracy, mean ± std over seeds (n = eval rows)", "dense_main", notes)
     return out.with_suffix(".md")
+
+
+def _shared_space_cell(frame, preds, direction: str, space: dict | None, task: str, mode: str) -> str:
+    """Study 2's shared space on this direction: accuracy (n), its shuffled control and the paired p."""
+    if space is None:
+        return "not run"
+    rows = _accuracy(frame, direction=direction, run_variant="shared_space", task=task, method=f"cache_{mode}")
+    pick = lambda v: rows[rows.variant == v].value  # noqa: E731
+    if rows.empty:
+        return "not run"
+    p = paired_p(preds, direction, "shared_space", task, mode, space["seed"], "shuffled_source")
+    return f"{_cell(pick(''), _n(rows))}; shuffled {pick('shuffled_source').mean():.3f}, p {p:.2g}"
 
 
 def _communication_cells(cache, text, bridge, mode: str) -> dict:
