@@ -190,6 +190,7 @@ def test_a_study_target_on_a_fresh_clone_runs_that_study_alone(tmp_path):
 
 
 def test_second_run_has_nothing_to_do(smoke_run):
+    # whichever target ran last: figures/README.md names the other studies' figures without reading them
     for target in ("figures", "figures_latentwire", "figures_kv_alignment", "figures_dense_kv", "figures"):
         out = snakemake(smoke_run, "-n", target, "--configfile", str(REPO / "config/smoke.yaml"))
         assert "Nothing to be done" in out.stdout + out.stderr, target

@@ -687,13 +687,8 @@ OTHER_OUTPUTS = {"soft_token_neighbours": "Nearest receiver-vocabulary tokens (c
                                           "the soft tokens' pairwise cosine, for a few examples per class."}
 
 
-def _table_caption(path: Path) -> str:
-    """The first line of a study's table (its caption), or of the table beside a figure."""
-    table = path.with_suffix(".md")
-    try:
-        return table.read_text(encoding="utf-8").splitlines()[0].replace("|", "/")
-    except (OSError, IndexError):
-        return ""
+STUDY_FOLDERS = {"kv_alignment": "K-V cache alignment (study 2: `snakemake --cores all figures_kv_alignment`)",
+                 "dense_kv": "dense heterogeneous KV transfer (study 3: `snakemake --cores all figures_dense_kv`)"}
 
 
 def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit: str,
@@ -712,12 +707,14 @@ def figures_readme(out_path, outputs: list[str], config_fingerprint: str, commit
     lines = ["# Figures and tables", "",
              f"Produced by `snakemake --cores all figures` from commit `{commit}` with config fingerprint "
              f"`{config_fingerprint}`. Do not edit by hand: rerun the pipeline. This folder holds exactly the "
-             "files below (files of an earlier config are removed).", "",
+             "files below (files of an earlier config are removed); the other studies' subfolders hold what their "
+             "own targets write (listed by name: `figures_latentwire` alone does not build them).", "",
              "| file | what |", "|---|---|"]
     for path in outputs:
         name, shown = Path(path).stem, Path(path).name
-        if nested(path):   # another study's subfolder: named with it, described by its table's caption
-            shown, doc = f"{Path(path).parent.name}/{Path(path).name}", _table_caption(Path(path))
+        if nested(path):   # another study's subfolder: named with it (its own report writes it)
+            folder = Path(path).parent.name
+            shown, doc = f"{folder}/{Path(path).name}", STUDY_FOLDERS.get(folder, folder)
         else:
             doc = ((FIGURES[name].__doc__ or "").strip().splitlines() or [""])[0] if name in FIGURES else \
                 OTHER_OUTPUTS.get(name, "")

@@ -305,24 +305,9 @@ def results_request():
     return fingerprint({path: producer_params(path) for path in study_results()})
 
 
-STUDY_FIGURES = {"kv_alignment": kv_alignment_plan.figures, "dense_kv": dense_kv_plan.figures}
-
-
-def study_requested(name):
-    """Whether this invocation asks for study `name`'s figures: no target (the default), `figures`, its
-    own target or figures/README.md itself. A study's own target runs that study alone."""
-    targets = set(workflow.dag_settings.targets) if workflow.dag_settings is not None else set()
-    return not targets or bool(targets & {"all", "figures", "figures/README.md", f"figures_{name}"})
-
-
-def study_figures(name):
-    """Study `name`'s figures as inputs of figures/README.md: all of them when the run asks for the study."""
-    return STUDY_FIGURES[name](config) if study_requested(name) else []
-
-
-def other_study_figures():
-    """The other studies' figures figures/README.md lists: every one of a study this run asks for (its
-    inputs), and those already on disk of a study it does not (listed, not rebuilt). The same list after a
-    whole run whichever target is asked next, so switching targets reruns nothing."""
-    return [f for name, figures in STUDY_FIGURES.items() for f in figures(config)
-            if study_requested(name) or Path(f).exists()]
+def kv_zoo_models():
+    """The zoo models study 2's runs read as members (`{model: <alias>}`): materialized by the models stage."""
+    specs = kv_alignment_plan.section(config).get("members", {})
+    return {specs[name]["model"] for name in {n for plan in kv_alignment_plan.runs(config).values()
+                                               if isinstance(plan, dict) for n in plan["members"]}
+            if "model" in specs.get(name, {})}

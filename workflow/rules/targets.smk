@@ -3,8 +3,8 @@
 
 rule models:
     input:
-        # study 1's models and study 3's directions' (a `continued` model among them is trained here)
-        expand("data/models/{model}", model=sorted(set(study_models()) | {
+        # study 1's models, study 2's zoo members and study 3's directions' (a `continued` model is trained here)
+        expand("data/models/{model}", model=sorted(set(study_models()) | kv_zoo_models() | {
             m for d in dense_kv_plan.directions(config).values() for m in (d["sender"], d["receiver"])})),
 
 

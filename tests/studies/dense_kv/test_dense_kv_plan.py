@@ -69,6 +69,10 @@ def test_shared_space_baseline_names_the_members_of_a_study2_run(config):
     config["dense_kv"]["shared_space"] = {"smollm2_gemma3": "pool_seeds"}
     with pytest.raises(ConfigError, match="the sender 'smollm2' is not a member of the kv_alignment run 'pool_seeds'"):
         plan.check(config)
+    config["kv_alignment"]["ablations"]["setting"] = "zoo"
+    config["dense_kv"]["shared_space"] = {"smollm2_gemma3": "translator_ridge"}    # pairwise maps, no space
+    with pytest.raises(ConfigError, match="trains a 'ridge' translator, not a shared space"):
+        plan.check(config)
     config["dense_kv"]["shared_space"] = {"nowhere": "pool_zoo"}
     with pytest.raises(ConfigError, match="'nowhere' is not a direction"):
         plan.check(config)

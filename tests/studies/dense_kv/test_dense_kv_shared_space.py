@@ -15,6 +15,7 @@ from interlingua.store import ActivationStore
 from interlingua.studies.dense_kv.data import load_task
 from interlingua.studies.dense_kv.shared_space import ThroughSharedSpace, shared_space_job
 from interlingua.studies.dense_kv.train import Ends, transferred
+from interlingua.studies.kv_alignment.run import load_translator
 from interlingua.tasks import materialize_split
 
 torch.set_num_threads(1)
@@ -92,7 +93,9 @@ def test_the_job_scores_both_modes_with_the_shuffled_control_on_the_same_rows(on
     assert set(zip(accuracy.method, accuracy.variant.fillna(""))) == {
         (f"cache_{mode}", v) for mode in ("unaware", "aware") for v in ("", "shuffled_source")}
     assert set(accuracy.n) == {8} and set(accuracy.bridge) == {"shared_space"}
-    assert rows[rows.metric == "trainable_parameters"].value.item() == 0          # nothing trained on the task
+    encoder, decoder = load_translator(translator, {}).encoders["a"], load_translator(translator, {}).decoders["b"]
+    assert rows[rows.metric == "trainable_parameters"].value.item() == \
+        sum(p.numel() for p in (*encoder.parameters(), *decoder.parameters()))  # the path's adapters
     transform = rows[(rows.metric == "transform_flops_per_example") & (rows.method == "cache_unaware")].value.item()
     assert transform > 0
 

@@ -77,6 +77,9 @@ def runs(config: dict) -> list[tuple[str, str, int]]:
     return out
 
 
+SHARED_SPACES = ("cross_attention", "linear", "identity")   # translators with T[m->S], T[S->m] per member
+
+
 def shared_space(config: dict) -> dict[str, dict]:
     """{direction: {"run", "seed", "sender", "receiver"}}: the study-2 run (`dense_kv.shared_space`), its first
     seed, and the names of the direction's two models among its members (a member `{model: <alias>}`)."""
@@ -87,6 +90,10 @@ def shared_space(config: dict) -> dict[str, dict]:
         if name not in directions(config):
             raise ConfigError(f"dense_kv.shared_space: '{name}' is not a direction ({sorted(directions(config))})")
         real, kv_run = kv_plan.resolve(config, run)
+        kind = (kv_run["train"].get("translator") or {}).get("type", "cross_attention")
+        if kind not in SHARED_SPACES:
+            raise ConfigError(f"dense_kv.shared_space.{name}: the kv_alignment run '{run}' trains a '{kind}' "
+                              f"translator, not a shared space with an adapter pair per member ({sorted(SHARED_SPACES)})")
         specs = kv_plan.section(config).get("members", {})
         by_model = {specs[m].get("model"): m for m in kv_run["members"] if "model" in specs.get(m, {})}
         d = directions(config)[name]

@@ -42,10 +42,9 @@ class ThroughSharedSpace(nn.Module):
 
     @property
     def weight(self) -> dict[str, Tensor]:
-        """The parameters every position goes through (compute.transform_flops): src's encoder, tgt's decoder
-        (a translator without adapter pairs: all of its parameters)."""
-        if not hasattr(self.space, "encoders"):
-            return dict(self.space.named_parameters())
+        """The parameters every position goes through: src's encoder, tgt's decoder. compute.transform_flops
+        prices 2 x these per position: exact for linear adapters, low for cross-attention ones (their
+        per-layer attention reuses weights: ~25% more at SmolLM2's sizes)."""
         return {**{f"encode.{n}": p for n, p in self.space.encoders[self.src].named_parameters()},
                 **{f"decode.{n}": p for n, p in self.space.decoders[self.tgt].named_parameters()}}
 
@@ -70,6 +69,7 @@ def shared_space_job(translator_path, src: str, tgt: str, sender_dir, receiver_d
     ends = Ends(sender[1], receiver_model, receiver_tokenizer)
     rows = evaluate_task(transform, data, receiver, ends, base=base, seed=seed, modes=modes, batch_size=batch_size,
                          alone=False, zero=False)
-    rows.append(parameters_row(dict(base, task=task_name, method=f"cache_{modes[0]}", seed=seed), 0,
-                               len(data.examples)))   # nothing trained on the task
+    # the path's adapters (trained by study 2 on its corpus, not on the task)
+    rows.append(parameters_row(dict(base, task=task_name, method=f"cache_{modes[0]}", seed=seed),
+                               sum(p.numel() for p in transform.weight.values()), len(data.examples)))
     return write_rows(rows, out)
