@@ -234,7 +234,7 @@ if dense_plan.text_limits(config):   # a rule needs outputs; none without shorte
 
 def dense_results():
     return [f"{dense_plan.run_dir(d, v, s)}/{t}.csv" for d, v, s in dense_plan.runs(config)
-            for t in dense_plan.run_tasks(config, v)] + dense_plan.shared_space_results(config)
+            for t in dense_plan.run_tasks(config, v, d, s)] + dense_plan.shared_space_results(config)
 
 
 def dense_relay(direction, task, path_of):

@@ -57,6 +57,23 @@ def test_phase_ablation_scored_on_ablation_tasks_only(config):
         plan.check(config)
 
 
+def test_later_seeds_scored_on_later_seed_tasks_only(config):
+    """A direction's first seed is scored on every task; its later seeds on `later_seed_tasks` (params.yaml:
+    BoolQ on seed 0 only); the main table's seeds per task follow."""
+    config["dense_kv"]["later_seed_tasks"] = ["sst2", "trec"]
+    assert plan.run_tasks(config, "both", "smollm2_gemma3", 0) == plan.eval_tasks(config)
+    assert plan.run_tasks(config, "both", "smollm2_gemma3", 1) == plan.run_tasks(config, "both", "smollm2_gemma3", 2) \
+        == ["sst2", "trec"]
+    assert plan.task_seeds(config, "smollm2_gemma3", "trec") == [0, 1, 2]
+    assert plan.task_seeds(config, "smollm2_gemma3", "boolq") == [0]
+    assert plan.task_seeds(config, "gemma3_smollm2", "trec") == [0]
+    del config["dense_kv"]["later_seed_tasks"]
+    assert plan.run_tasks(config, "both", "smollm2_gemma3", 2) == plan.eval_tasks(config)
+    config["dense_kv"]["later_seed_tasks"] = ["banking77"]
+    with pytest.raises(ConfigError, match="later_seed_tasks: 'banking77'"):
+        plan.check(config)
+
+
 def test_shared_space_baseline_names_the_members_of_a_study2_run(config):
     """`dense_kv.shared_space: {direction: kv run}`: the run's members that are the direction's two models."""
     config["kv_alignment"]["members"].update({"smollm2": {"model": "smollm2"}, "gemma3": {"model": "gemma3"}})

@@ -6,7 +6,7 @@ on the out-of-domain `ood` tasks it never saw:
     results/dense_kv/<direction>/<variant>/seed<seed>/transform.pt, <task>.csv
 Variants: `both` (phase 1 then phase 2: the method, every direction and seed) and, on the `headline`
 direction's first seed, the phase ablation `phase1` (reconstruction only) and `phase2` (generation only),
-scored on the `ablation_tasks` (run_tasks).
+scored on the `ablation_tasks`; a direction's later seeds (after its first) on the `later_seed_tasks` (run_tasks).
 Every run is scored with its shuffled control; what does not depend on the trained transformation (the zeroed
 cache, the receiver alone) once per direction, in the run of `both` with its first seed; the kept-fraction
 sweep (the duality) in the headline direction's first `both` run, on the `duality_tasks` (eval_options).
@@ -53,12 +53,21 @@ def eval_tasks(config: dict) -> list[str]:
     return train_tasks(config) + [t for t in section(config).get("ood", []) if t not in train_tasks(config)]
 
 
-def run_tasks(config: dict, variant: str) -> list[str]:
+def run_tasks(config: dict, variant: str, direction: str | None = None, seed=None) -> list[str]:
     """The tasks one run is scored on: every eval task, but the phase ablation (`phase1`, `phase2`) and the
-    fuser baseline only on `dense_kv.ablation_tasks` (default: every eval task)."""
+    fuser baseline only on `dense_kv.ablation_tasks`, and a direction's later seeds (a `both` run after its
+    first seed) only on `dense_kv.later_seed_tasks` (each default: every eval task)."""
     if variant in ("phase1", "phase2", "fuser"):
         return list(section(config).get("ablation_tasks", eval_tasks(config)))
+    if direction is not None and seed is not None and int(seed) != directions(config)[direction]["seeds"][0]:
+        return [t for t in eval_tasks(config) if t in section(config).get("later_seed_tasks", eval_tasks(config))]
     return eval_tasks(config)
+
+
+def task_seeds(config: dict, direction: str, task: str) -> list[int]:
+    """The seeds of a direction's `both` runs scored on a task (all its seeds, or its first where the task is
+    not among `later_seed_tasks`)."""
+    return [s for s in directions(config)[direction]["seeds"] if task in run_tasks(config, "both", direction, s)]
 
 
 def runs(config: dict) -> list[tuple[str, str, int]]:
@@ -256,7 +265,7 @@ def check(config: dict, valid: dict | None = None) -> None:
     for name in fuser if isinstance(fuser, list) else []:
         if name not in directions(config):
             raise ConfigError(f"dense_kv.fuser: '{name}' is not a direction ({sorted(directions(config))})")
-    for key in ("duality_tasks", "ablation_tasks"):
+    for key in ("duality_tasks", "ablation_tasks", "later_seed_tasks"):
         for task in dense.get(key, []):
             if task not in eval_tasks(config):
                 raise ConfigError(f"dense_kv.{key}: '{task}' is not scored by study 3 (tasks + ood: "
