@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from interlingua.errors import ConfigError
+from interlingua.errors import ConfigError, DataError
 from interlingua.evaluate import predictions_path
 from interlingua.extract import extract
 from interlingua.studies.dense_kv.configs import DenseRunConfig
@@ -91,6 +91,10 @@ def test_the_fuser_baseline_trains_from_phase_1_and_is_scored_with_its_controls(
     assert set(zip(accuracy.method, accuracy.variant)) == {("fuser_aware", v) for v in
                                                          ("", "shuffled_source", "zero_source", "own_cache")}
     assert set(accuracy.n) == {8}
+    with pytest.raises(DataError, match="extracted from another split"):   # its own cache of the training split
+        evaluate_job(out, tiny_models["sender"], tiny_models["receiver"], "toy", sst2_like_task, stores["eval_split"],
+                     stores["eval_sender"], PROMPTS, tmp_path / "wrong.csv", base={}, seed=0,
+                     receiver_store=stores["train_receiver"])
     weights = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])                    # 3 positions reading 2
     assert torch.equal(stretch(weights, 6), weights[[0, 0, 1, 1, 2, 2]]) and torch.equal(stretch(weights, 3), weights)
 

@@ -20,6 +20,7 @@ from ...channels.kv.cache import KVBlock
 from ...channels.kv.dense import pool, position_free
 from ...channels.kv.fuser import GatedFuser, fuse_in_place
 from ...channels.kv.rotary import rotate
+from ...errors import DataError
 from ...evaluate import rows_for
 from ...receiver import Receiver
 from ...runtime import derangement
@@ -96,11 +97,16 @@ def evaluate_fuser(fuser: GatedFuser, data: TaskData, receiver: Receiver, own_st
     n = len(examples)
     labels = torch.tensor([e.label for e in examples])
     shuffled = derangement(n, seed).tolist()
+    extracted_from = str(own_store.manifest.get("task_sha256", ""))[:16]
+    if extracted_from != data.split:
+        raise DataError(f"{own_store.path} (the receiver's own cache) was extracted from another split of task "
+                        f"{data.name} (sha256 {extracted_from or 'unknown'}..., the eval split's {data.split}...): "
+                        f"extract the receiver's cache of the eval split")
     index_of = rows_by_example(own_store)
     missing = [e.example for e in examples if e.example not in index_of]
     if missing:
-        raise ValueError(f"{own_store.path} lacks examples {missing[:5]} of task {data.name}: the receiver's store "
-                         f"is of another split")
+        raise DataError(f"{own_store.path} lacks examples {missing[:5]} of task {data.name}: extract the receiver's "
+                        f"cache of every eval row")
     predictions: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
     order = sorted(range(n), key=lambda i: (int(examples[i].positions.numel()), i))
