@@ -46,12 +46,13 @@ def test_duality_task_not_scored_is_refused(config):
 def test_phase_ablation_scored_on_ablation_tasks_only(config):
     """The method's runs are scored on every task (ood included); the phase ablation and the fuser baseline on
     `ablation_tasks`."""
+    head = "smollm2_gemma3"
     config["dense_kv"]["ablation_tasks"] = ["sst2"]
-    assert plan.run_tasks(config, "phase1") == plan.run_tasks(config, "phase2") == ["sst2"]
-    assert plan.run_tasks(config, "fuser") == ["sst2"]
-    assert plan.run_tasks(config, "both") == plan.eval_tasks(config)
+    assert plan.run_tasks(config, "phase1", head, 0) == plan.run_tasks(config, "phase2", head, 0) == ["sst2"]
+    assert plan.run_tasks(config, "fuser", head, 0) == ["sst2"]
+    assert plan.run_tasks(config, "both", head, 0) == plan.eval_tasks(config)
     del config["dense_kv"]["ablation_tasks"]
-    assert plan.run_tasks(config, "phase2") == plan.eval_tasks(config)
+    assert plan.run_tasks(config, "phase2", head, 0) == plan.eval_tasks(config)
     config["dense_kv"]["ablation_tasks"] = ["banking77"]
     with pytest.raises(ConfigError, match="ablation_tasks: 'banking77'"):
         plan.check(config)
@@ -60,6 +61,8 @@ def test_phase_ablation_scored_on_ablation_tasks_only(config):
 def test_later_seeds_scored_on_later_seed_tasks_only(config):
     """A direction's first seed is scored on every task; its later seeds on `later_seed_tasks` (params.yaml:
     BoolQ on seed 0 only); the main table's seeds per task follow."""
+    assert plan.task_seeds(config, "smollm2_gemma3", "boolq") == [0]          # params.yaml's budget cut
+    assert plan.task_seeds(config, "smollm2_gemma3", "trec") == [0, 1, 2]
     config["dense_kv"]["later_seed_tasks"] = ["sst2", "trec"]
     assert plan.run_tasks(config, "both", "smollm2_gemma3", 0) == plan.eval_tasks(config)
     assert plan.run_tasks(config, "both", "smollm2_gemma3", 1) == plan.run_tasks(config, "both", "smollm2_gemma3", 2) \

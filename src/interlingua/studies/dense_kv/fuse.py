@@ -97,7 +97,7 @@ def evaluate_fuser(fuser: GatedFuser, data: TaskData, receiver: Receiver, own_st
     n = len(examples)
     labels = torch.tensor([e.label for e in examples])
     shuffled = derangement(n, seed).tolist()
-    extracted_from = str(own_store.manifest.get("task_sha256", ""))[:16]
+    extracted_from = str(own_store.manifest.get("task_sha256") or "")[:16]
     if extracted_from != data.split:
         raise DataError(f"{own_store.path} (the receiver's own cache) was extracted from another split of task "
                         f"{data.name} (sha256 {extracted_from or 'unknown'}..., the eval split's {data.split}...): "

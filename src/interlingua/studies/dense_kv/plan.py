@@ -53,13 +53,13 @@ def eval_tasks(config: dict) -> list[str]:
     return train_tasks(config) + [t for t in section(config).get("ood", []) if t not in train_tasks(config)]
 
 
-def run_tasks(config: dict, variant: str, direction: str | None = None, seed=None) -> list[str]:
+def run_tasks(config: dict, variant: str, direction: str, seed) -> list[str]:
     """The tasks one run is scored on: every eval task, but the phase ablation (`phase1`, `phase2`) and the
     fuser baseline only on `dense_kv.ablation_tasks`, and a direction's later seeds (a `both` run after its
     first seed) only on `dense_kv.later_seed_tasks` (each default: every eval task)."""
     if variant in ("phase1", "phase2", "fuser"):
         return list(section(config).get("ablation_tasks", eval_tasks(config)))
-    if direction is not None and seed is not None and int(seed) != directions(config)[direction]["seeds"][0]:
+    if int(seed) != directions(config)[direction]["seeds"][0]:
         return [t for t in eval_tasks(config) if t in section(config).get("later_seed_tasks", eval_tasks(config))]
     return eval_tasks(config)
 

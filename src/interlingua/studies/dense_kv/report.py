@@ -2,7 +2,7 @@
 
 Every accuracy is on the task's whole eval split, the same rows for every method (n in each cell), mean ± std
 over the seeds scored (column `seeds`). A transfer result counts only where it beats its shuffled-source
-control by McNemar's exact test (p < 0.05) for every seed: the tables give each seed's p.
+control by McNemar's exact test (p < 0.05) for every seed scored on the task: the tables give each seed's p.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def fuser_table(config: dict, frame, preds, out_dir: Path) -> Path | None:
     records = []
     for direction, seed in runs:
         d = plan.directions(config)[direction]
-        for task in plan.run_tasks(config, "fuser"):
+        for task in plan.run_tasks(config, "fuser", direction, seed):
             rows = _accuracy(frame, direction=direction, run_variant="fuser", task=task, method="fuser_aware")
             n = _n(rows)
             pick = lambda v: rows[rows.variant == v].value  # noqa: E731
@@ -171,7 +171,8 @@ def compute_table(config: dict, frame, out_dir: Path) -> Path | None:
     write_table(table, out, "Compute per example: cache transfer vs text communication (accuracy on the same rows)",
                 "dense_compute",
                 ["GFLOP: analytic FLOPs per example (studies/dense_kv/compute.py). cache = the sender's reading + the "
-                 "transformation + the receiver's prompt after the transferred cache (mean over seeds' runs); text = the "
+                 "transformation + the receiver's prompt after the transferred cache (mean over the seeds scored on the task: "
+                 "table_main's column seeds); text = the "
                  "sender's prompt and generation + the receiver's reading of the message, its demonstrations left out "
                  "(text's cost counted low). / cache: text's FLOPs over the cache path's in each mode.",
                  "text at a shorter limit: each of study 1's greedy messages cut to its first L tokens (what generation "
@@ -256,7 +257,8 @@ def main_table(config: dict, frame, preds, out_dir: Path) -> Path:
                  "example's transformed cache; zero: the receiver's own sink, then zeros; no communication: the "
                  "receiver alone (unaware: the question only; aware: it reads the input); zero and no communication "
                  "do not depend on the trained maps: scored once per direction. `counts`: the transfer "
-                 "beats its shuffled control by McNemar's exact test, p < 0.05, for every seed.")
+                 "beats its shuffled control by McNemar's exact test, p < 0.05, for every seed scored on the task (column "
+                 "seeds).")
     notes.append("text: study 1's text relay of the same sender and receiver on the same rows (the sender writes a "
                  "message under its chat template, greedy, ending at its first complete answer; the receiver reads it "
                  "after 5 demonstrations), in the aware rows only (the receiver does not read the input). GFLOP: "
@@ -318,7 +320,7 @@ def phase_table(config: dict, frame, out_dir: Path) -> Path | None:
         return None
     seed = variants[0][1]
     records = []
-    for task in plan.run_tasks(config, "phase1"):
+    for task in plan.run_tasks(config, "phase1", headline, seed):
         for mode in MODES:
             row = {"task": task, "mode": mode}
             for variant, label in (("phase1", "phase 1 only"), ("phase2", "phase 2 only"), ("both", "both phases")):
