@@ -88,6 +88,24 @@ CONFIG = {"kv_alignment": {
                   "paths_per_step": [1, 2], "reconstruction_weight": [0, 0.5]}}}
 
 
+def test_a_member_added_to_a_saved_space_is_the_same_on_every_run(pool):
+    """Extensibility (start_from + train_members): the newcomer's adapters are initialised from the run's seed,
+    so two runs of one job, whatever the process's random state before, give the same translator and scores."""
+    base = align_job({"small": pool["small"], "wide": pool["wide"]}, pool["corpus"], pool["tokenizer"],
+                     {**ALIGN, "steps": 4, "translator": {"type": "linear", "shared_dim": 64}}, 0, pool["root"] / "base")
+    runs = []
+    for attempt in range(2):
+        torch.manual_seed(100 + attempt)   # another global random state before each job
+        out = align_job({"small": pool["small"], "wide": pool["wide"], "twin": pool["twin"]}, pool["corpus"],
+                        pool["tokenizer"], {**ALIGN, "steps": 4, "translator": {"type": "linear", "shared_dim": 64}},
+                        0, pool["root"] / f"extend{attempt}", train_members=["twin"],
+                        paths=[("small", "twin"), ("twin", "small")], start_from=base / "translator.pt")
+        runs.append(out)
+    first, second = (torch.load(out / "translator.pt", weights_only=False)["state"] for out in runs)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert (runs[0] / "scores.csv").read_text() == (runs[1] / "scores.csv").read_text()
+
+
 def test_the_plan_names_runs_members_and_reuses_the_default():
     runs = plan.runs(CONFIG)
     assert runs["pool_checkpoints"]["members"] == {"s0_step250": "s0@250", "s0": "s0"}

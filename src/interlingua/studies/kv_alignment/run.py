@@ -18,7 +18,7 @@ from ... import zoo
 from ...channels.kv.transfer import Endpoint
 from ...errors import ConfigError
 from ...receiver import Receiver
-from ...runtime import atomic_save
+from ...runtime import atomic_save, seed_everything
 from .align import AlignConfig, Member, TextView, train_pool
 from .corpus import heldout_windows, load_corpus, sample_windows, source_streams
 from .pretrain import MANIFEST as MEMBER_MANIFEST
@@ -81,6 +81,7 @@ def align_job(member_dirs: dict[str, str | Path], corpus_dir: str | Path, tokeni
                               for n in mix])[:cfg.eval_windows]
     translator = None
     if start_from is not None:
+        seed_everything(seed)   # the newcomers' adapters are initialised from the run's seed, not the process's state
         translator = load_translator(start_from, members)
     translator, curves, scores = train_pool(members, sample, eval_windows, cfg, seed, out_dir, paths=paths,
                                             train_members=train_members, translator=translator,
